@@ -1,0 +1,284 @@
+"""The `picsift` command: the engine driven from a terminal.
+
+The only place where engine errors become messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from engine import __version__
+from engine.errors import PicsiftError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("library and model")
+    g.add_argument("--library", metavar="DIR", help="library folder (default: $PICSIFT_HOME or the user data folder)")
+    g.add_argument("--model", metavar="ID_OR_DIR",
+                   help="hub id or local checkpoint folder (default: the library's model, else "
+                        "Salesforce/blip-itm-base-coco)")
+    g.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="default: auto")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
+                   help="auto: fp16 on GPU, fp32 on CPU; fp32 keeps the exact path")
+    g.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="picsift", description="Find photos in your folders by meaning: retrieve fast, rerank smart.")
+    parser.add_argument("--version", action="version", version=f"picsift {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("index", parents=[common], help="add folders to the library and index their photos")
+    p.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to add (none: rescan the library's folders)")
+    p.add_argument("--batch-size", type=int, default=None, help="photos per model batch and commit")
+
+    for name, helptext in (("search", "find photos matching a text"),):
+        p = sub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("query", help="what to look for, in words")
+        p.add_argument("-n", type=int, default=20, help="results to show (default 20)")
+        p.add_argument("-k", type=int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
+        p.add_argument("--in", dest="scope", metavar="FOLDER", help="only photos under this folder")
+
+    p = sub.add_parser("captions", parents=[common], help="captions that describe a photo best")
+    p.add_argument("image", help="a photo file, indexed or not")
+    p.add_argument("-n", type=int, default=10, help="captions to show (default 10)")
+    p.add_argument("-k", type=int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
+    p.add_argument("--collection", help="caption collection (default: the built-in one)")
+
+    p = sub.add_parser("similar", parents=[common], help="photos most similar to a photo")
+    p.add_argument("image", help="a photo file, indexed or not")
+    p.add_argument("-n", type=int, default=20, help="results to show (default 20)")
+
+    sub.add_parser("status", parents=[common], help="library, model, device and counts")
+
+    p = sub.add_parser("collections", parents=[common], help="caption collections")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ci = csub.add_parser("import", parents=[common], help="import captions: .txt (one a line), .csv, COCO .json")
+    ci.add_argument("file")
+    ci.add_argument("--name", help="collection name (default: the file name)")
+    csub.add_parser("list", parents=[common], help="list collections")
+
+    p = sub.add_parser("make-random-model", parents=[common],
+                       help="write a random-weight BLIP checkpoint folder (for trying picsift offline and tests)")
+    p.add_argument("folder")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "base"],
+                   help="tiny: a few MB, fast; base: the real architecture (about 900 MB)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+class Session:
+    """Opens the library and the model lazily, as a command needs them."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self._library = None
+        self._model = None
+
+    @property
+    def library(self):
+        if self._library is None:
+            from engine.library import Library
+            from engine.paths import library_dir
+
+            self._library = Library(library_dir(self.args.library))
+        return self._library
+
+    @property
+    def model(self):
+        if self._model is None:
+            from engine.models import DEFAULT_MODEL, load_model
+
+            model_id = self.args.model or self.library.model_id or DEFAULT_MODEL
+            self._model = load_model(model_id, device=self.args.device, precision=self.args.precision)
+        return self._model
+
+    def close(self) -> None:
+        if self._library is not None:
+            self._library.close()
+
+
+def _say(args, *msg) -> None:
+    if not args.quiet:
+        print(*msg, file=sys.stderr)
+
+
+def cmd_index(s: Session) -> int:
+    from tqdm import tqdm
+
+    from engine.indexer import index_folders
+
+    args = s.args
+    folders = args.folders or s.library.store.folders()
+    if not folders:
+        raise PicsiftError("No folders given and the library has none yet: picsift index FOLDER")
+    model = s.model
+    _say(args, f"Library: {s.library.folder}\nModel: {model.model_id} on {model.describe_device()}")
+    options = {"batch_size": args.batch_size} if args.batch_size else {}
+    bar = None
+    last = None
+    for progress in index_folders(s.library, model, folders, **options):
+        last = progress
+        for m in progress.messages:
+            _say(args, m)
+        if progress.phase == "indexing" and progress.total and bar is None and not args.quiet and not args.json:
+            bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
+        if bar is not None:
+            bar.update(progress.done - bar.n)
+            if progress.current:
+                bar.set_postfix_str(os.path.basename(progress.current)[-30:], refresh=False)
+        for path, reason in progress.skipped_files:
+            if bar is not None:
+                bar.write(f"skipped {path}: {reason}", file=sys.stderr)
+            else:
+                _say(args, f"skipped {path}: {reason}")
+    if bar is not None:
+        bar.close()
+    summary = {"embedded": last.embedded, "moved": last.moved, "unchanged": last.unchanged,
+               "removed": last.removed, "skipped": last.skipped, "photos": s.library.store.count_photos(),
+               "cancelled": last.phase == "cancelled"}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(last.summary() + f" The library has {summary['photos']} photos.")
+    return EXIT_OK
+
+
+def _print_hits(args, hits, kind: str) -> None:
+    if args.json:
+        print(json.dumps([h.to_json() for h in hits], ensure_ascii=False))
+        return
+    if not hits:
+        print("No results." if kind != "photo" else "No photos found. Index a folder first: picsift index FOLDER")
+        return
+    for h in hits:
+        rr = f"  ce {h.rerank_score:.3f}" if h.rerank_score is not None else ""
+        print(f"{h.rank:3d}. {h.score:+.3f}{rr}  {h.path if h.path is not None else h.text}")
+
+
+def cmd_search(s: Session) -> int:
+    from engine.search import Searcher
+
+    args = s.args
+    searcher = Searcher(s.library, s.model)
+    t0 = time.perf_counter()
+    hits = searcher.search(args.query, n=args.n, k=args.k, scope=args.scope)
+    _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
+               f"(reranked top {min(args.k, len(hits))})") if not args.json else None
+    _print_hits(args, hits, "photo")
+    return EXIT_OK
+
+
+def cmd_captions(s: Session) -> int:
+    from engine.search import Searcher
+
+    args = s.args
+    hits = Searcher(s.library, s.model).captions(args.image, n=args.n, k=args.k, collection=args.collection)
+    _print_hits(args, hits[: max(args.n, 0)], "caption")
+    return EXIT_OK
+
+
+def cmd_similar(s: Session) -> int:
+    from engine.search import Searcher
+
+    hits = Searcher(s.library, s.model).similar(s.args.image, n=s.args.n)
+    _print_hits(s.args, hits, "photo")
+    return EXIT_OK
+
+
+def cmd_status(s: Session) -> int:
+    from engine.models import DEFAULT_MODEL
+    from engine.models.device import pick_device
+
+    args = s.args
+    st = s.library.status()
+    device, reason = pick_device(args.device)
+    st["device"] = f"{device} ({reason})"
+    st["model"] = st["model"] or (args.model or DEFAULT_MODEL)
+    if args.json:
+        print(json.dumps(st, ensure_ascii=False))
+        return EXIT_OK
+    print(f"Library:     {st['library']}")
+    print(f"Model:       {st['model']}")
+    print(f"Device:      {st['device']}")
+    print(f"Photos:      {st['photos']} in {len(st['folders'])} folder(s)")
+    for f in st["folders"]:
+        print(f"             {f}")
+    cache = st["rerank_cache"]
+    print(f"Rerank cache: {cache['photos']} photos, {cache['bytes'] / 1e6:.1f} MB of {cache['budget_bytes'] / 1e9:.1f} GB")
+    print(f"Skipped:     {st['skipped']}")
+    reasons: dict[str, int] = {}
+    for e in st["errors"]:
+        reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        print(f"             {count:5d}  {reason}")
+    print(f"Collections: {', '.join(c['name'] + ' (' + str(c['captions']) + ')' for c in st['collections']) or 'none yet (the built-in one is added on first use)'}")
+    return EXIT_OK
+
+
+def cmd_collections(s: Session) -> int:
+    from engine.captions import import_collection
+
+    args = s.args
+    if args.action == "import":
+        name, count = import_collection(s.library, args.file, args.name)
+        if args.json:
+            print(json.dumps({"name": name, "captions": count}))
+        else:
+            print(f"Imported {count} captions as collection '{name}'.")
+        return EXIT_OK
+    cols = s.library.store.collections()
+    if args.json:
+        print(json.dumps(cols))
+    else:
+        for c in cols:
+            print(f"{c['name']}: {c['captions']} captions ({c['source']})")
+        if not cols:
+            print("No collections yet; the built-in one is added on first use of 'picsift captions'.")
+    return EXIT_OK
+
+
+def cmd_make_random_model(s: Session) -> int:
+    from engine.models.random_blip import build_random_blip
+
+    path = build_random_blip(s.args.folder, s.args.preset, seed=s.args.seed)
+    print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {path}. Its rankings are "
+          "meaningless; use it to try picsift without a download: --model " + str(path))
+    return EXIT_OK
+
+
+COMMANDS = {"index": cmd_index, "search": cmd_search, "captions": cmd_captions, "similar": cmd_similar,
+            "status": cmd_status, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(message)s")
+    session = Session(args)
+    try:
+        return COMMANDS[args.command](session)
+    except PicsiftError as exc:
+        print(f"picsift: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("picsift: interrupted; everything committed so far is kept, run the command again to resume.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        session.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

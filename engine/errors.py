@@ -1,0 +1,45 @@
+"""Typed errors of the engine. Only the CLI and the GUI turn them into messages."""
+
+
+class PicsiftError(Exception):
+    """Base of every error the engine raises on purpose; its text is meant for users."""
+
+
+class ModelNotFoundError(PicsiftError):
+    """A checkpoint is neither cached nor reachable."""
+
+    def __init__(self, model_id: str, detail: str = "", local: bool = False):
+        self.model_id = model_id
+        self.detail = detail
+        if local:
+            super().__init__(
+                f"Model folder '{model_id}' does not hold a loadable BLIP image-text retrieval checkpoint "
+                "(config.json, model weights and processor files, as save_pretrained writes them)."
+            )
+            return
+        super().__init__(
+            f"Model '{model_id}' could not be loaded: it is not in the local cache and could not be "
+            "downloaded; connect to the internet once so it is cached, or pass --model with a local "
+            "folder holding a saved BLIP image-text retrieval checkpoint (config.json, weights and "
+            "processor files)."
+        )
+
+
+class ModelMismatchError(PicsiftError):
+    """The library was indexed with another model than the one asked for."""
+
+
+class ImageError(PicsiftError):
+    """A file could not be read or decoded as a photo; the text is the reason recorded."""
+
+
+class LibraryError(PicsiftError):
+    """The library folder or its database cannot be used."""
+
+
+class CollectionError(PicsiftError):
+    """A caption collection cannot be imported or found."""
+
+
+class Cancelled(PicsiftError):
+    """A long job was cancelled by its caller."""

@@ -1,0 +1,102 @@
+"""Walking photo folders: which files exist, their size and time, and what could not be walked."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+
+from engine.imaging import is_supported
+
+JUNK_DIRS = frozenset(
+    {
+        "node_modules", "__pycache__", "@eaDir", "#recycle", "$RECYCLE.BIN", "System Volume Information",
+        "lost+found", "venv", "__MACOSX", "Thumbs", "thumbnails",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    path: str
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    files: list[FileEntry] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+    # Folders whose listing failed (vanished, unreadable): photos recorded under them are kept, not swept.
+    incomplete: list[str] = field(default_factory=list)
+
+
+def _skip_dir(name: str) -> bool:
+    return name.startswith(".") or name in JUNK_DIRS
+
+
+def scan(root: str) -> ScanResult:
+    """Recursively list supported photo files under root, following folder links once each."""
+    result = ScanResult()
+    root = os.path.abspath(root)
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue  # a link back into a folder already walked
+            seen.add(key)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            result.incomplete.append(folder)
+            if folder != root or os.path.lexists(folder):
+                result.problems.append(ScanProblem(folder, f"folder could not be read: {_reason(exc)}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    if not _skip_dir(name):
+                        subdirs.append(entry.path)
+                    continue
+            except OSError:
+                pass
+            if name.startswith(".") or not is_supported(name):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                result.problems.append(ScanProblem(entry.path, _reason(exc, entry.is_symlink())))
+                continue
+            if not _is_regular(st.st_mode):
+                continue
+            result.files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
+        stack.extend(reversed(subdirs))
+    return result
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def _reason(exc: OSError, is_link: bool = False) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symbolic link" if is_link else "vanished during the scan"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
