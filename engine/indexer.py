@@ -14,7 +14,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -24,7 +24,7 @@ from engine.imaging import decode, read_file
 from engine.jobs import CancelToken
 from engine.library import Library
 from engine.scanner import FileEntry, scan
-from engine.token_cache import FORMATS
+from engine.token_cache import FORMATS, format_for
 
 
 @dataclass
@@ -42,6 +42,10 @@ class IndexProgress:
     eta_s: float | None = None
     messages: list[str] = field(default_factory=list)
     skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), new in this record
+
+    def snapshot(self) -> "IndexProgress":
+        """A copy that later progress does not change (safe to hand to another thread)."""
+        return replace(self, messages=list(self.messages), skipped_files=list(self.skipped_files))
 
     def summary(self) -> str:
         parts = [f"{self.embedded} embedded", f"{self.moved} moved", f"{self.unchanged} unchanged",
@@ -71,7 +75,8 @@ class Indexer:
     """Holds what one indexing run needs; `run` is the generator."""
 
     def __init__(self, library: Library, model, cancel: CancelToken | None = None, batch_size: int | None = None,
-                 decode_threads: int = 2, token_format: str = "fp16"):
+                 decode_threads: int = 2, token_format: str | None = None):
+        token_format = token_format or format_for(model)
         if token_format not in FORMATS:
             raise ValueError(f"unknown token format '{token_format}'")
         self.library = library
@@ -114,7 +119,7 @@ class Indexer:
         if lib.attach_model(self.model):
             progress.messages.append(lib.notices[-1])
         lib.index  # load or rebuild it before this run changes the database
-        yield progress
+        yield progress.snapshot()
 
         work: list[FileEntry] = []
         known: dict[str, object] = {}
@@ -150,7 +155,7 @@ class Indexer:
             gone += [row for path, row in rows.items()
                      if path not in seen and not any(path.startswith(d) for d in incomplete)]
         progress.phase, progress.total = "indexing", len(work)
-        yield progress
+        yield progress.snapshot()
         progress.messages, progress.skipped_files = [], []
 
         start = time.monotonic()
@@ -184,7 +189,7 @@ class Indexer:
                 progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
                 left = progress.total - progress.done
                 progress.eta_s = left / progress.rate if progress.rate > 0 else None
-                yield progress
+                yield progress.snapshot()
                 progress.messages, progress.skipped_files = [], []
             for f in pending:
                 f.cancel()
@@ -202,7 +207,7 @@ class Indexer:
         lib.save_index()
         progress.phase = "cancelled" if cancelled else "done"
         progress.messages = list(getattr(self.model, "notices", []))
-        yield progress
+        yield progress.snapshot()
 
     def _commit(self, batch: list[_Prepared], progress: IndexProgress) -> None:
         store, lib = self.store, self.library

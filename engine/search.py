@@ -13,6 +13,7 @@ from engine.errors import ImageError
 from engine.imaging import open_photo
 from engine.jobs import CancelToken
 from engine.library import Library
+from engine.token_cache import format_for
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class Searcher:
         if images:
             enc = self.model.encode_images(images)
             fresh = dict(zip(ok, enc.tokens))
-            self.library.tokens.put_many(fresh.items(), "fp16")
+            self.library.tokens.put_many(fresh.items(), format_for(self.model))
             found.update(fresh)
         return found
 

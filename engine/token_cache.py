@@ -21,6 +21,11 @@ FORMATS = ("fp32", "fp16", "int8")
 DEFAULT_BUDGET_BYTES = 4 * 1024**3
 
 
+def format_for(model) -> str:
+    """fp32 tokens when the exact path was asked for, fp16 otherwise."""
+    return "fp32" if getattr(model, "exact", False) else "fp16"
+
+
 def encode_tokens(tokens: np.ndarray, fmt: str) -> bytes:
     t = np.ascontiguousarray(tokens, dtype=np.float32)
     if fmt == "fp32":

@@ -64,6 +64,7 @@ class BlipRetrievalModel:
         self.device_reason = device_reason
         self.precision = precision
         self.notices: list[str] = []
+        self.exact = False  # True when fp32 was asked for: every cache keeps full precision too
         self.image_batch_size = 8 if device == "cpu" else 32
         self.ce_batch_size = 16 if device == "cpu" else 64
         cfg = model.config
@@ -104,7 +105,9 @@ class BlipRetrievalModel:
         if prec == "fp16":
             model.half()
         model.to(dev)
-        return cls(model, processor, identity, dev, reason, prec)
+        loaded = cls(model, processor, identity, dev, reason, prec)
+        loaded.exact = (precision or "auto").lower() == "fp32"
+        return loaded
 
     # ----- properties ----------------------------------------------------
     @property

@@ -1,0 +1,130 @@
+"""The decomposed BE/CE fast path equals BLIP's own forward pass, and loading fails clearly."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_photo
+from engine.errors import ModelNotFoundError
+from engine.models import load_model
+
+QUERIES = ["a dog runs on the beach", "two children play football in the park", "a red car on the street at night"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    from transformers import AutoProcessor, BlipForImageTextRetrieval
+
+    model = BlipForImageTextRetrieval.from_pretrained(str(tiny_model_dir)).eval()
+    return model, AutoProcessor.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def png_photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("png")
+    return [make_photo(folder / f"p{i}.png", seed=100 + i, size=(64 + 8 * i, 48)) for i in range(4)]
+
+
+def _reference_scores(reference, image, text):
+    model, processor = reference
+    inputs = processor(images=image, text=text, return_tensors="pt")
+    with torch.no_grad():
+        cos = model(**inputs, use_itm_head=False).itm_score[0, 0].item()
+        itm = torch.softmax(model(**inputs, use_itm_head=True).itm_score, dim=-1)[0, 1].item()
+    return cos, itm
+
+
+def test_tokenizer_knows_real_words(tiny_model):
+    tokens = tiny_model.processor.tokenizer.tokenize("A dog runs on the beach")
+    assert tokens == ["a", "dog", "runs", "on", "the", "beach"]
+
+
+def test_be_and_ce_equal_reference_forward(tiny_model, reference, png_photos):
+    images = [Image.open(p).convert("RGB") for p in png_photos]
+    enc = tiny_model.encode_images(images)
+    text_vecs = tiny_model.embed_texts(QUERIES)
+    assert enc.vectors.dtype == np.float32 and text_vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(enc.vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(text_vecs, axis=1), 1.0, atol=1e-5)
+    spread = []
+    for qi, query in enumerate(QUERIES):
+        probs = tiny_model.match_probs(query, enc.tokens)
+        for pi, image in enumerate(images):
+            cos, itm = _reference_scores(reference, image, query)
+            assert float(text_vecs[qi] @ enc.vectors[pi]) == pytest.approx(cos, abs=1e-4)
+            assert float(probs[pi]) == pytest.approx(itm, abs=1e-4)
+            spread.append(itm)
+    # The random model must tell pairs apart, or the comparison above proves little.
+    assert max(spread) - min(spread) > 0.05
+
+
+def test_ce_pairs_of_different_texts(tiny_model, reference, png_photos):
+    image = Image.open(png_photos[0]).convert("RGB")
+    tokens = tiny_model.encode_images([image]).tokens
+    probs = tiny_model.match_probs(QUERIES, np.repeat(tokens, len(QUERIES), axis=0))
+    for q, p in zip(QUERIES, probs):
+        assert float(p) == pytest.approx(_reference_scores(reference, image, q)[1], abs=1e-4)
+
+
+def test_batching_does_not_change_results(tiny_model, png_photos):
+    images = [Image.open(p).convert("RGB") for p in png_photos]
+    together = tiny_model.encode_images(images)
+    alone = [tiny_model.encode_images([im]) for im in images]
+    for i, a in enumerate(alone):
+        np.testing.assert_allclose(together.vectors[i], a.vectors[0], atol=1e-5)
+        np.testing.assert_allclose(together.tokens[i], a.tokens[0], atol=1e-4)
+
+
+def test_token_shape_and_dim(tiny_model):
+    enc = tiny_model.encode_images([Image.new("RGB", (50, 30), "red")])
+    assert enc.vectors.shape == (1, tiny_model.dim)
+    assert enc.tokens.shape[1:] == tiny_model.token_shape
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model(str(tmp_path / "nowhere"))
+    assert "nowhere" in str(info.value) and "--model" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_folder_without_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model(str(tmp_path / "empty-model"))
+    assert "does not hold" in str(info.value)
+
+
+def test_unreachable_hub_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model("some-org/not-cached-model")
+    assert time.monotonic() - start < 20
+    assert "some-org/not-cached-model" in str(info.value)
+
+
+def test_out_of_memory_halves_batch_then_falls_back_to_cpu(tiny_model, monkeypatch):
+    """Simulated GPU: the first calls raise out-of-memory; the work still completes."""
+    model = tiny_model
+    calls = []
+    real_device = model.device
+
+    def flaky(a, b):
+        calls.append(b - a)
+        if model.device != "cpu":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [np.full((b - a, 1), 1.0, np.float32)]
+
+    monkeypatch.setattr(model, "device", "cuda")
+    monkeypatch.setattr(model, "_fall_back_to_cpu", lambda: setattr(model, "device", "cpu"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    (out,) = model._batched(8, 8, flaky)
+    assert out.shape == (8, 1)
+    assert calls[:4] == [8, 4, 2, 1]  # halved down to one, then the CPU took over
+    assert model.device == "cpu" == real_device
