@@ -101,24 +101,32 @@ class Searcher:
     def rerank_stream(self, query: str, candidates: Sequence[Hit], k: int,
                       cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
         """CE over the first k of candidates (in BE order), reusing the rerank cache."""
+
+        def score(chunk: list[Hit]) -> dict[int, float]:
+            tokens = self.photo_tokens([h.id for h in chunk], {h.id: h.path for h in chunk})
+            ready = [h for h in chunk if h.id in tokens]  # a photo gone since indexing stays unscored
+            if not ready:
+                return {}
+            p = self.model.match_probs(query, np.stack([tokens[h.id] for h in ready]))
+            return {h.id: float(v) for h, v in zip(ready, p)}
+
+        return self._rerank(candidates, k, score, cancel)
+
+    def _rerank(self, candidates: Sequence[Hit], k: int, score, cancel: CancelToken | None) -> Iterator[SearchUpdate]:
+        """Yield the BE order, then one update per CE chunk over the top k (the first chunk is one item)."""
         candidates = sorted(candidates, key=lambda h: h.be_rank)
         k = max(0, min(k, len(candidates)))
         probs: dict[int, float] = {}
         yield SearchUpdate(order_hits(candidates, k, probs), 0, k, done=k == 0)
-        todo = list(candidates[:k])
-        size = self.first_batch
-        while todo:
+        start, size = 0, self.first_batch
+        while start < k:
             if cancel is not None and cancel.cancelled:
                 return
-            chunk, todo = todo[:size], todo[size:]
+            chunk = list(candidates[start : min(k, start + size)])
+            probs.update(score(chunk))
+            start += len(chunk)
             size = self.ce_chunk
-            tokens = self.photo_tokens([h.id for h in chunk], {h.id: h.path for h in chunk})
-            ready = [h for h in chunk if h.id in tokens]
-            if ready:
-                p = self.model.match_probs(query, np.stack([tokens[h.id] for h in ready]))
-                probs.update({h.id: float(v) for h, v in zip(ready, p)})
-            done_count = k - len(todo)
-            yield SearchUpdate(order_hits(candidates, k, probs), done_count, k, done=not todo)
+            yield SearchUpdate(order_hits(candidates, k, probs), start, k, done=start >= k)
 
     def photo_tokens(self, ids: Sequence[int], paths: dict[int, str]) -> dict[int, np.ndarray]:
         """CE image tokens from the rerank cache; photos not there are encoded now (and cached if room)."""
@@ -167,19 +175,12 @@ class Searcher:
         top = np.argsort(-scores, kind="stable")[:n]
         candidates = [Hit(id=int(ids[j]), score=float(scores[j]), text=texts[j], rank=r + 1, be_rank=r + 1)
                       for r, j in enumerate(top)]
-        k = min(k, len(candidates))
-        probs: dict[int, float] = {}
-        yield SearchUpdate(order_hits(candidates, k, probs), 0, k, done=k == 0)
-        size, start = self.first_batch, 0
-        while start < k:
-            if cancel is not None and cancel.cancelled:
-                return
-            chunk = candidates[start : start + size]
+
+        def score(chunk: list[Hit]) -> dict[int, float]:
             p = self.model.match_probs([h.text for h in chunk], np.repeat(tokens[None], len(chunk), axis=0))
-            probs.update({h.id: float(v) for h, v in zip(chunk, p)})
-            start += len(chunk)
-            size = self.model.ce_batch_size if hasattr(self.model, "ce_batch_size") else 16
-            yield SearchUpdate(order_hits(candidates, k, probs), start, k, done=start >= k)
+            return {h.id: float(v) for h, v in zip(chunk, p)}
+
+        return self._rerank(candidates, k, score, cancel)
 
     def captions(self, path: str, n: int = 20, k: int = 20, collection: str | None = None) -> list[Hit]:
         update = None
