@@ -204,6 +204,10 @@ class Indexer:
                 lib.tokens.delete(removed)
                 lib.index.remove(removed)
                 progress.removed = len(removed)
+            # Cache entries whose photo row is gone (a run killed between the two deletes).
+            orphans = lib.tokens.ids() - store.photo_ids()
+            if orphans:
+                lib.tokens.delete(orphans)
         lib.save_index()
         progress.phase = "cancelled" if cancelled else "done"
         progress.messages = list(getattr(self.model, "notices", []))

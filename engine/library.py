@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from engine.errors import LibraryError, ModelMismatchError
@@ -32,6 +33,7 @@ class Library:
         self.exact_limit = exact_limit
         self.notices: list[str] = []
         self._index: VectorIndex | None = None
+        self._index_lock = threading.Lock()
 
     def close(self) -> None:
         self.tokens.close()
@@ -74,9 +76,10 @@ class Library:
     # ----- the FAISS index (derived) ---------------------------------------
     @property
     def index(self) -> VectorIndex:
-        if self._index is None:
-            self._index = self._load_or_rebuild()
-        return self._index
+        with self._index_lock:
+            if self._index is None:
+                self._index = self._load_or_rebuild()
+            return self._index
 
     def _load_or_rebuild(self) -> VectorIndex:
         generation = self.store.generation()

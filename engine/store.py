@@ -254,9 +254,9 @@ class Store:
             out.update(dict(rows.fetchall()))
         return out
 
-    def ids_without_vector(self, root: str | None = None) -> list[int]:
-        rows = self._exec("SELECT id FROM photos WHERE status = 'ok' AND embedding IS NULL")
-        return [r[0] for r in rows]
+    def photo_ids(self) -> set[int]:
+        """Ids of the photos that have a vector."""
+        return {r[0] for r in self._exec("SELECT id FROM photos WHERE embedding IS NOT NULL")}
 
     def count_photos(self) -> int:
         return self._exec("SELECT count(*) FROM photos WHERE embedding IS NOT NULL").fetchone()[0]
