@@ -18,18 +18,24 @@ from engine.errors import PicsiftError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(nested: bool = False) -> argparse.ArgumentParser:
+    """The options every command takes. nested: for a sub-command's own sub-commands (collections import),
+    whose defaults must not overwrite the same options given before it (argparse copies them over)."""
+    def default(value):
+        return argparse.SUPPRESS if nested else value
+
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("library and model")
-    g.add_argument("--library", metavar="DIR", help="library folder (default: $PICSIFT_HOME or the user data folder)")
-    g.add_argument("--model", metavar="ID_OR_DIR",
+    g.add_argument("--library", metavar="DIR", default=default(None),
+                   help="library folder (default: $PICSIFT_HOME or the user data folder)")
+    g.add_argument("--model", metavar="ID_OR_DIR", default=default(None),
                    help="hub id or local checkpoint folder (default: the library's model, else "
                         "Salesforce/blip-itm-base-coco)")
-    g.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"], help="default: auto")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
+    g.add_argument("--device", default=default("auto"), choices=["auto", "cuda", "mps", "cpu"], help="default: auto")
+    g.add_argument("--precision", default=default("auto"), choices=["auto", "fp32", "fp16"],
                    help="auto: fp16 on GPU, fp32 on CPU; fp32 keeps the exact path")
-    g.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
+    g.add_argument("--json", action="store_true", default=default(False), help="print machine-readable JSON")
+    g.add_argument("-q", "--quiet", action="store_true", default=default(False), help="no progress bars or notices")
     return p
 
 
@@ -65,10 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collections", parents=[common], help="caption collections")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ci = csub.add_parser("import", parents=[common], help="import captions: .txt (one a line), .csv, COCO .json")
+    nested = _common(nested=True)
+    ci = csub.add_parser("import", parents=[nested], help="import captions: .txt (one a line), .csv, COCO .json")
     ci.add_argument("file")
     ci.add_argument("--name", help="collection name (default: the file name)")
-    csub.add_parser("list", parents=[common], help="list collections")
+    csub.add_parser("list", parents=[nested], help="list collections")
 
     p = sub.add_parser("make-random-model", parents=[common],
                        help="write a random-weight BLIP checkpoint folder (for trying picsift offline and tests)")
@@ -254,6 +261,9 @@ def cmd_make_random_model(s: Session) -> int:
     from engine.models.random_blip import build_random_blip
 
     path = build_random_blip(s.args.folder, s.args.preset, seed=s.args.seed)
+    if s.args.json:
+        print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed}))
+        return EXIT_OK
     print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {path}. Its rankings are "
           "meaningless; use it to try picsift without a download: --model " + str(path))
     return EXIT_OK
