@@ -72,7 +72,8 @@ def import_collection(library: Library, path: str | Path, name: str | None = Non
 
 
 def ensure_default_collection(library: Library) -> None:
-    if not library.store.collections():
+    """Import the built-in collection unless the library has it (collections of the user's own don't count)."""
+    if library.store.collection_id(DEFAULT_COLLECTION) is None:
         import_collection(library, DEFAULT_COLLECTION_FILE, DEFAULT_COLLECTION)
 
 
@@ -80,9 +81,7 @@ def resolve_collection(library: Library, name: str | None) -> int:
     """The id of a named collection, or of the default one (imported on first use)."""
     if name is None:
         ensure_default_collection(library)
-        cols = library.store.collections()
-        names = [c["name"] for c in cols]
-        name = DEFAULT_COLLECTION if DEFAULT_COLLECTION in names else names[0]
+        name = DEFAULT_COLLECTION
     cid = library.store.collection_id(name)
     if cid is None:
         known = ", ".join(c["name"] for c in library.store.collections()) or "none"

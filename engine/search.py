@@ -156,7 +156,13 @@ class Searcher:
             cached = self.library.tokens.get_many([row.id])
             if row.id in cached:
                 return vec, cached[row.id], row.id
-        enc = self.model.encode_images([open_photo(apath, getattr(self.model, "image_size", None)).image])
+        if not os.path.isfile(apath):
+            raise ImageError(f"no such photo file: {path}")
+        try:
+            photo = open_photo(apath, getattr(self.model, "image_size", None))
+        except ImageError as exc:
+            raise ImageError(f"{path}: {exc}") from None
+        enc = self.model.encode_images([photo.image])
         return enc.vectors[0], enc.tokens[0], (row.id if row is not None and row.has_vector else None)
 
     def similar(self, path: str, n: int = 20) -> list[Hit]:

@@ -1,0 +1,379 @@
+"""The `picsift` command end to end: exit codes, JSON output, messages, and where libraries live."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import make_photo
+from engine.captions import DEFAULT_COLLECTION, read_captions
+from engine.cli import main
+from engine.paths import DEFAULT_COLLECTION_FILE
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def run_json(capsys, *argv):
+    rc, out, err = run(capsys, *argv, "--json")
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def photo_paths(folder) -> set[str]:
+    return {str(p) for p in Path(folder).rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def indexed(photo_folder, tiny_model_dir, capsys):
+    """photo_folder indexed with the tiny model into the test's own PICSIFT_HOME."""
+    summary = run_json(capsys, "index", photo_folder, "--model", tiny_model_dir)
+    assert summary["embedded"] == 12
+    return photo_folder
+
+
+def check_ranks(hits):
+    assert [h["rank"] for h in hits] == list(range(1, len(hits) + 1))
+
+
+# ----- index -------------------------------------------------------------------
+
+
+def test_index_embeds_once_then_finds_nothing_new(photo_folder, tiny_model_dir, capsys, _isolated_home):
+    first = run_json(capsys, "index", photo_folder, "--model", tiny_model_dir)
+    assert first["embedded"] == 12
+    assert first["photos"] == 12
+    assert first["unchanged"] == 0 and first["skipped"] == 0 and first["cancelled"] is False
+
+    second = run_json(capsys, "index", photo_folder, "--model", tiny_model_dir)
+    assert second["embedded"] == 0
+    assert second["unchanged"] == 12
+    assert second["photos"] == 12
+
+    # Text mode, no --model and no folder: the library remembers both.
+    rc, out, err = run(capsys, "index")
+    assert rc == 0, err
+    assert "Nothing new to embed" in out
+    assert "12 photos" in out
+    assert (_isolated_home / "library.db").is_file()
+
+
+def test_index_without_folders_in_an_empty_library_is_an_error(capsys, tiny_model_dir):
+    rc, out, err = run(capsys, "index", "--model", tiny_model_dir)
+    assert rc == 1
+    assert out == ""
+    assert err.startswith("picsift: ") and "picsift index FOLDER" in err
+    assert "Traceback" not in err
+
+
+# ----- search ------------------------------------------------------------------
+
+
+def test_search_reranks_exactly_the_top_k(indexed, capsys):
+    library_photos = photo_paths(indexed)
+    hits = run_json(capsys, "search", "a dog", "-n", "5", "-k", "3")  # no --model: the library's own
+    assert isinstance(hits, list) and len(hits) == 5
+    check_ranks(hits)
+    for h in hits:
+        assert set(h) == {"rank", "path", "score", "rerank_score"}
+        assert h["path"] in library_photos
+    assert len({h["path"] for h in hits}) == 5
+    reranked, rest = hits[:3], hits[3:]
+    assert all(h["rerank_score"] is not None and 0.0 <= h["rerank_score"] <= 1.0 for h in reranked)
+    assert all(h["rerank_score"] is None for h in rest)
+    rr = [h["rerank_score"] for h in reranked]
+    assert rr == sorted(rr, reverse=True)
+    assert [h["score"] for h in rest] == sorted((h["score"] for h in rest), reverse=True)
+
+    # Without reranking: the BE order, best cosine first.
+    plain = run_json(capsys, "search", "a dog", "-n", "5", "-k", "0")
+    assert len(plain) == 5
+    check_ranks(plain)
+    assert all(h["rerank_score"] is None for h in plain)
+    scores = [h["score"] for h in plain]
+    assert scores == sorted(scores, reverse=True)
+    # The reranked ones are the BE top 3, reordered; their cosines are unchanged; the rest keeps BE order.
+    assert {h["path"] for h in reranked} == {h["path"] for h in plain[:3]}
+    assert [h["path"] for h in rest] == [h["path"] for h in plain[3:]]
+    be = {h["path"]: h["score"] for h in plain}
+    for h in hits:
+        assert h["score"] == pytest.approx(be[h["path"]], abs=1e-5)
+
+
+def test_search_k_larger_than_n_widens_n(indexed, capsys):
+    hits = run_json(capsys, "search", "a dog", "-n", "5", "-k", "8")
+    assert len(hits) == 8
+    check_ranks(hits)
+    rr = [h["rerank_score"] for h in hits]
+    assert None not in rr
+    assert rr == sorted(rr, reverse=True)
+
+
+def test_search_text_mode_lists_the_hits(indexed, capsys):
+    rc, out, err = run(capsys, "search", "a dog", "-n", "4", "-k", "2")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0].lstrip().startswith("1.")
+    assert all(any(p in line for p in photo_paths(indexed)) for line in lines)
+    assert "4 results" in err
+
+
+def test_search_in_subfolder_returns_only_its_photos(indexed, tiny_model_dir, capsys):
+    # A sibling whose name starts like the subfolder's must not leak in.
+    make_photo(indexed / "trips-old" / "x.png", seed=99)
+    assert run_json(capsys, "index")["embedded"] == 1
+    trips = indexed / "trips"
+    hits = run_json(capsys, "search", "a dog", "--in", trips, "-k", "2")
+    expected = photo_paths(trips)
+    assert len(expected) == 6
+    assert {h["path"] for h in hits} == expected
+    assert all(h["path"].startswith(str(trips) + os.sep) for h in hits)
+    check_ranks(hits)
+
+    all_hits = run_json(capsys, "search", "a dog", "-k", "0")
+    assert len(all_hits) == 13
+
+
+def test_search_in_a_folder_with_no_photos_finds_nothing(indexed, tmp_path, capsys):
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    assert run_json(capsys, "search", "a dog", "--in", empty) == []
+
+
+# ----- similar and captions ----------------------------------------------------
+
+
+def test_similar_excludes_the_photo_itself(indexed, capsys):
+    library_photos = photo_paths(indexed)
+    photo = str(indexed / "home" / "photo_00.jpg")
+    hits = run_json(capsys, "similar", photo, "-n", "3")
+    assert len(hits) == 3
+    check_ranks(hits)
+    paths = [h["path"] for h in hits]
+    assert photo not in paths
+    assert len(set(paths)) == 3 and set(paths) <= library_photos
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_captions_imports_the_built_in_collection(indexed, tmp_path, capsys):
+    status = run_json(capsys, "status")
+    assert status["collections"] == []
+    # Any file, indexed or not.
+    outside = make_photo(tmp_path / "outside" / "new.png", seed=500)
+    for image in (indexed / "trips" / "photo_01.png", outside):
+        hits = run_json(capsys, "captions", image, "-n", "5")
+        assert len(hits) == 5
+        check_ranks(hits)
+        builtin = set(read_captions(DEFAULT_COLLECTION_FILE))
+        for h in hits:
+            assert "path" not in h
+            assert isinstance(h["text"], str) and h["text"] in builtin
+            assert h["rerank_score"] is not None  # default k 20 >= n: all shown are reranked
+        rr = [h["rerank_score"] for h in hits]
+        assert rr == sorted(rr, reverse=True)
+    cols = {c["name"]: c["captions"] for c in run_json(capsys, "status")["collections"]}
+    assert cols == {DEFAULT_COLLECTION: len(read_captions(DEFAULT_COLLECTION_FILE))}
+
+
+def test_captions_from_an_own_collection(indexed, tmp_path, capsys):
+    f = tmp_path / "mine.txt"
+    f.write_text("a dog on a beach\na cat on a sofa\na red car\n", encoding="utf-8")
+    run_json(capsys, "collections", "import", f, "--name", "mine")
+    hits = run_json(capsys, "captions", indexed / "home" / "photo_00.jpg", "--collection", "mine", "-n", "5")
+    assert sorted(h["text"] for h in hits) == ["a cat on a sofa", "a dog on a beach", "a red car"]
+
+
+def test_captions_with_an_unknown_collection_is_an_error(indexed, capsys):
+    rc, out, err = run(capsys, "captions", indexed / "home" / "photo_00.jpg", "--collection", "nope")
+    assert rc == 1
+    assert out == ""
+    assert err.startswith("picsift: ") and "nope" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_captions_of_a_missing_file_is_an_error(indexed, tmp_path, capsys):
+    rc, out, err = run(capsys, "captions", tmp_path / "missing.jpg")
+    assert rc == 1
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("picsift: ")
+    assert "Traceback" not in err
+
+
+# ----- status and skipped files --------------------------------------------------
+
+
+def test_status_counts_photos_and_lists_skipped_files(indexed, capsys, _isolated_home):
+    status = run_json(capsys, "status")
+    assert status["photos"] == 12
+    assert status["errors"] == [] and status["skipped"] == 0
+    assert status["folders"] == [str(indexed)]
+    assert status["library"] == str(_isolated_home)
+    assert status["model"]  # the tiny model's folder
+
+    bad = indexed / "bad.jpg"
+    bad.write_bytes(b"")
+    notes = indexed / "home" / "notes.png"
+    notes.write_text("this is not a picture\n", encoding="utf-8")
+    rc, out, err = run(capsys, "index", indexed, "--json")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["skipped"] == 2 and summary["embedded"] == 0 and summary["photos"] == 12
+
+    status = run_json(capsys, "status")
+    assert status["photos"] == 12
+    assert status["skipped"] == 2
+    errors = {e["path"]: e for e in status["errors"]}
+    assert set(errors) == {str(bad), str(notes)}
+    for e in status["errors"]:
+        assert set(e) >= {"path", "reason"}
+        assert isinstance(e["reason"], str) and e["reason"]
+    assert "empty" in errors[str(bad)]["reason"]
+    assert "not an image" in errors[str(notes)]["reason"]
+
+    # The text mode lists the reasons too.
+    rc, out, err = run(capsys, "status")
+    assert rc == 0
+    assert "Photos:      12" in out
+    assert errors[str(bad)]["reason"] in out and errors[str(notes)]["reason"] in out
+
+
+# ----- collections --------------------------------------------------------------
+
+
+def test_collections_import_and_list(tmp_path, capsys):
+    f = tmp_path / "caps.csv"
+    f.write_text("id,caption\n1,a dog\n2,a cat\n3,a dog\n4,a bird\n", encoding="utf-8")
+    assert run_json(capsys, "collections", "import", f, "--name", "mine") == {"name": "mine", "captions": 3}
+    cols = run_json(capsys, "collections", "list")
+    assert [(c["name"], c["captions"]) for c in cols] == [("mine", 3)]
+    # Importing again under the same name replaces it; no --name: the file's name.
+    assert run_json(capsys, "collections", "import", f, "--name", "mine") == {"name": "mine", "captions": 3}
+    assert run_json(capsys, "collections", "import", f) == {"name": "caps", "captions": 3}
+    cols = run_json(capsys, "collections", "list")
+    assert sorted((c["name"], c["captions"]) for c in cols) == [("caps", 3), ("mine", 3)]
+
+    rc, out, err = run(capsys, "collections", "list")
+    assert rc == 0 and "mine: 3 captions" in out
+
+
+def test_collections_options_before_the_action_are_kept(tmp_path, capsys, _isolated_home):
+    """Every command takes --library and --json, also when written before `import` or `list`."""
+    f = tmp_path / "caps.txt"
+    f.write_text("a dog\na cat\n", encoding="utf-8")
+    lib = tmp_path / "other-lib"
+    rc, out, err = run(capsys, "collections", "--library", lib, "--json", "import", f, "--name", "mine")
+    assert rc == 0, err
+    assert json.loads(out) == {"name": "mine", "captions": 2}
+    assert (lib / "library.db").is_file()
+    assert not (_isolated_home / "library.db").exists()
+    rc, out, err = run(capsys, "collections", "--json", "--library", lib, "list")
+    assert rc == 0, err
+    assert [(c["name"], c["captions"]) for c in json.loads(out)] == [("mine", 2)]
+
+
+def test_collections_import_of_a_bad_file_is_an_error(tmp_path, capsys):
+    f = tmp_path / "bad.csv"
+    f.write_text("id,label\n1,x\n", encoding="utf-8")
+    rc, out, err = run(capsys, "collections", "import", f, "--json")
+    assert rc == 1 and out == ""
+    assert err.startswith("picsift: ") and "caption column" in err
+    assert run_json(capsys, "collections", "list") == []
+
+
+# ----- a model that cannot be found ----------------------------------------------
+
+
+def _assert_one_error_line(err: str, model: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("picsift:")
+    assert model in lines[0]
+    assert "Traceback" not in err
+
+
+def test_index_with_a_missing_model_folder(photo_folder, capsys, _isolated_home):
+    rc, out, err = run(capsys, "index", photo_folder, "--model", "/nonexistent/folder")
+    assert rc == 1
+    assert "Traceback" not in out
+    _assert_one_error_line(err, "/nonexistent/folder")
+
+
+def test_search_with_a_missing_hub_model(capsys):
+    rc, out, err = run(capsys, "search", "x", "--model", "some-org/missing-model")
+    assert rc == 1
+    assert out == ""
+    _assert_one_error_line(err, "some-org/missing-model")
+
+
+def test_a_folder_that_is_not_a_checkpoint(photo_folder, tmp_path, capsys):
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "readme.txt").write_text("nothing here", encoding="utf-8")
+    rc, out, err = run(capsys, "index", photo_folder, "--model", not_a_model)
+    assert rc == 1
+    _assert_one_error_line(err, str(not_a_model))
+
+
+# ----- where libraries live ------------------------------------------------------
+
+
+def test_library_option_puts_the_library_there(photo_folder, tiny_model_dir, tmp_path, capsys, _isolated_home):
+    lib = tmp_path / "my-lib"
+    summary = run_json(capsys, "index", photo_folder, "--model", tiny_model_dir, "--library", lib)
+    assert summary["embedded"] == 12
+    assert (lib / "library.db").is_file()
+    assert not (_isolated_home / "library.db").exists()
+    status = run_json(capsys, "status", "--library", lib)
+    assert status["library"] == str(lib) and status["photos"] == 12
+    # The default library (PICSIFT_HOME) is still empty.
+    assert run_json(capsys, "status")["photos"] == 0
+
+
+def test_picsift_home_puts_the_library_there(photo_folder, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    home = tmp_path / "elsewhere-home"
+    monkeypatch.setenv("PICSIFT_HOME", str(home))
+    assert run_json(capsys, "index", photo_folder, "--model", tiny_model_dir)["embedded"] == 12
+    assert (home / "library.db").is_file()
+    status = run_json(capsys, "status")
+    assert status["library"] == str(home) and status["photos"] == 12
+
+
+def test_two_libraries_do_not_see_each_others_photos(tiny_model_dir, tmp_path, capsys):
+    a_photos = [make_photo(tmp_path / "a" / f"a{i}.png", seed=200 + i) for i in range(3)]
+    b_photos = [make_photo(tmp_path / "b" / f"b{i}.png", seed=300 + i) for i in range(4)]
+    lib_a, lib_b = tmp_path / "lib-a", tmp_path / "lib-b"
+    assert run_json(capsys, "index", tmp_path / "a", "--model", tiny_model_dir, "--library", lib_a)["photos"] == 3
+    assert run_json(capsys, "index", tmp_path / "b", "--model", tiny_model_dir, "--library", lib_b)["photos"] == 4
+
+    hits_a = run_json(capsys, "search", "a dog", "--library", lib_a, "-k", "0")
+    hits_b = run_json(capsys, "search", "a dog", "--library", lib_b, "-k", "0")
+    assert {h["path"] for h in hits_a} == set(a_photos)
+    assert {h["path"] for h in hits_b} == set(b_photos)
+    similar = run_json(capsys, "similar", a_photos[0], "--library", lib_b, "-n", "10")
+    assert {h["path"] for h in similar} == set(b_photos)
+    assert run_json(capsys, "status", "--library", lib_a)["folders"] == [str(tmp_path / "a")]
+    assert run_json(capsys, "status", "--library", lib_b)["folders"] == [str(tmp_path / "b")]
+
+
+# ----- make-random-model ---------------------------------------------------------
+
+
+def test_make_random_model_writes_a_loadable_checkpoint(tmp_path, photo_folder, capsys):
+    folder = tmp_path / "blip-tiny"
+    rc, out, err = run(capsys, "make-random-model", folder)
+    assert rc == 0, err
+    assert str(folder) in out
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == "blip"
+    processor_configs = [p.name for p in folder.iterdir() if "processor" in p.name and p.suffix == ".json"]
+    assert processor_configs, sorted(p.name for p in folder.iterdir())
+    # The folder works as --model.
+    assert run_json(capsys, "index", photo_folder, "--model", folder)["embedded"] == 12
