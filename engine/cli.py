@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--name", help="collection name (default: the file name)")
     csub.add_parser("list", parents=[nested], help="list collections")
 
+    p = sub.add_parser("gui", parents=[common], help="open the desktop window")
+    p.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to add and index on start")
+
     p = sub.add_parser("make-random-model", parents=[common],
                        help="write a random-weight BLIP checkpoint folder (for trying picsift offline and tests)")
     p.add_argument("folder")
@@ -273,12 +276,19 @@ COMMANDS = {"index": cmd_index, "search": cmd_search, "captions": cmd_captions, 
             "status": cmd_status, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> int:
+    """Run one command. extra_commands lets the app package add the window (`gui`) without the
+    engine importing it."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(message)s")
+    handlers = {**COMMANDS, **(extra_commands or {})}
+    if args.command not in handlers:
+        print("picsift: the desktop window is not part of this installation (the app package is missing).",
+              file=sys.stderr)
+        return EXIT_USAGE
     session = Session(args)
     try:
-        return COMMANDS[args.command](session)
+        return handlers[args.command](session)
     except PicsiftError as exc:
         print(f"picsift: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -124,6 +124,15 @@ class Library:
             except FileNotFoundError:
                 pass
 
+    # ----- folders -------------------------------------------------------
+    def remove_folder(self, path: str) -> int:
+        """Forget a library folder and its photos (the files are not touched); returns how many went."""
+        ids = self.store.remove_folder(os.path.abspath(path))
+        self.tokens.delete(ids)
+        self.index.remove(ids)
+        self.save_index()
+        return len(ids)
+
     # ----- status --------------------------------------------------------
     def status(self) -> dict:
         errors = self.store.errors()

@@ -1,0 +1,213 @@
+"""The window's link to the engine: owns the library and the model, runs engine jobs on workers.
+
+It holds no retrieval logic: every search, rerank, caption or indexing step is an
+engine call; this class only starts, cancels and forwards them as Qt signals.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import QObject, Signal
+
+from app.workers import GeneratorThread, call_generator
+from engine.captions import import_collection
+from engine.indexer import index_folders
+from engine.library import Library
+from engine.search import Searcher
+
+
+class Controller(QObject):
+    modelLoading = Signal(str)
+    modelReady = Signal(str)  # device description
+    modelFailed = Signal(str)
+    searchUpdate = Signal(object, object)  # (request id, SearchUpdate)
+    searchFailed = Signal(str)
+    indexProgress = Signal(object)  # IndexProgress
+    indexFinished = Signal(bool)
+    indexFailed = Signal(str)
+    captionsUpdate = Signal(str, object)  # (photo path, SearchUpdate)
+    similarReady = Signal(str, object)  # (photo path, list of Hit)
+    dropFailed = Signal(str)
+    libraryChanged = Signal()
+
+    def __init__(self, library: Library, model_id: str | None, device: str = "auto", precision: str = "auto",
+                 parent: QObject | None = None):
+        super().__init__(parent)
+        self.library = library
+        self.model_id = model_id
+        self.device = device
+        self.precision = precision
+        self.model = None
+        self.searcher: Searcher | None = None
+        self._threads: set[GeneratorThread] = set()
+        self._search: GeneratorThread | None = None
+        self._index: GeneratorThread | None = None
+        self._drop: GeneratorThread | None = None
+        self._request = 0
+        self.query: str | None = None
+        self.candidates: list = []  # BE hits of the current query, in BE order
+        self.n = 20
+
+    # ----- threads -------------------------------------------------------
+    def _start(self, make, name: str) -> GeneratorThread:
+        thread = GeneratorThread(make, self, name)
+        self._threads.add(thread)
+        thread.finished.connect(lambda t=thread: self._threads.discard(t))
+        thread.start()
+        return thread
+
+    @property
+    def busy(self) -> bool:
+        return any(t.isRunning() for t in self._threads)
+
+    def shutdown(self, timeout_ms: int = 30000) -> None:
+        """Cancel everything and wait for the workers (what is committed stays committed)."""
+        for t in list(self._threads):
+            t.cancel()
+        for t in list(self._threads):
+            t.wait(timeout_ms)
+
+    # ----- model ---------------------------------------------------------
+    def load_model(self, model_id: str | None = None) -> None:
+        from engine.models import DEFAULT_MODEL, load_model
+
+        if model_id is not None:
+            self.model_id = model_id
+        wanted = self.model_id or self.library.model_id or DEFAULT_MODEL
+        self.modelLoading.emit(wanted)
+        thread = self._start(call_generator(lambda: load_model(wanted, self.device, self.precision)), "picsift-model")
+        thread.record.connect(self._on_model)
+        thread.failed.connect(self.modelFailed)
+
+    def _on_model(self, model) -> None:
+        self.model = model
+        self.searcher = None
+        try:
+            self.searcher = Searcher(self.library, model)
+        except Exception as exc:  # a library indexed by another model: searching waits for re-indexing
+            self.modelFailed.emit(str(exc))
+            return
+        self.modelReady.emit(model.describe_device())
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    # ----- search --------------------------------------------------------
+    def search(self, query: str, n: int, k: int, scope: str | None = None) -> int:
+        """Start a search (cancelling the one in flight); returns its request id."""
+        self.cancel_search()
+        self._request += 1
+        request = self._request
+        self.query, self.n, self.candidates = query, max(n, k), []
+        if self.searcher is None:
+            self.searchFailed.emit("The model is not loaded yet.")
+            return request
+        searcher = self.searcher
+        thread = self._start(lambda token: searcher.search_stream(query, max(n, k), k, scope, cancel=token),
+                             "picsift-search")
+        thread.record.connect(lambda update, r=request: self._on_search(r, update))
+        thread.failed.connect(self.searchFailed)
+        self._search = thread
+        return request
+
+    def _on_search(self, request: int, update) -> None:
+        if request != self._request:
+            return  # a late update of a cancelled search
+        if update.scored == 0:
+            self.candidates = sorted(update.hits, key=lambda h: h.be_rank)
+        self.searchUpdate.emit(request, update)
+
+    def rerank(self, k: int) -> int | None:
+        """Apply a new rerank depth to the current results without running the BE again when possible."""
+        if self.query is None or self.searcher is None:
+            return None
+        if k > len(self.candidates) and len(self.candidates) >= self.n:
+            return self.search(self.query, self.n, k)  # more candidates are needed than the BE gave
+        self.cancel_search()
+        self._request += 1
+        request = self._request
+        searcher, query, cands = self.searcher, self.query, list(self.candidates)
+        thread = self._start(lambda token: searcher.rerank_stream(query, cands, k, cancel=token), "picsift-rerank")
+        thread.record.connect(lambda update, r=request: self._on_search(r, update))
+        thread.failed.connect(self.searchFailed)
+        self._search = thread
+        return request
+
+    def cancel_search(self) -> None:
+        if self._search is not None:
+            self._search.cancel()
+
+    # ----- drop: captions and similar photos ---------------------------------
+    def describe_photo(self, path: str, collection: str | None = None, n: int = 10, k: int = 20,
+                       similar_n: int = 20) -> None:
+        if self.searcher is None:
+            self.dropFailed.emit("The model is not loaded yet.")
+            return
+        if self._drop is not None:
+            self._drop.cancel()
+        searcher = self.searcher
+
+        def make(token):
+            yield ("similar", searcher.similar(path, similar_n))
+            for update in searcher.captions_stream(path, n, k, collection, cancel=token):
+                yield ("captions", update)
+
+        thread = self._start(make, "picsift-drop")
+        thread.record.connect(lambda item, p=path: self._on_drop(p, item))
+        thread.failed.connect(self.dropFailed)
+        self._drop = thread
+
+    def _on_drop(self, path: str, item) -> None:
+        kind, payload = item
+        if kind == "similar":
+            self.similarReady.emit(path, payload)
+        else:
+            self.captionsUpdate.emit(path, payload)
+
+    def import_captions(self, file: str, name: str | None = None) -> tuple[str, int]:
+        result = import_collection(self.library, file, name)
+        self.libraryChanged.emit()
+        return result
+
+    # ----- indexing ------------------------------------------------------
+    def index(self, folders: list[str] | None = None) -> bool:
+        """Start indexing (folders, or a rescan of the library's folders); False if one is running."""
+        if self._index is not None and self._index.isRunning():
+            return False
+        if self.model is None:
+            self.indexFailed.emit("The model is not loaded yet.")
+            return False
+        folders = [os.path.abspath(f) for f in (folders or self.library.store.folders())]
+        library, model = self.library, self.model
+        thread = self._start(lambda token: index_folders(library, model, folders, cancel=token), "picsift-index")
+        thread.record.connect(self.indexProgress)
+        thread.failed.connect(self.indexFailed)
+        thread.done.connect(self._on_index_done)
+        self._index = thread
+        return True
+
+    def _on_index_done(self, completed: bool) -> None:
+        if self.model is not None and self.searcher is None:
+            self.searcher = Searcher(self.library, self.model)
+            self.modelReady.emit(self.model.describe_device())
+        self.libraryChanged.emit()
+        self.indexFinished.emit(completed)
+
+    @property
+    def indexing(self) -> bool:
+        return self._index is not None and self._index.isRunning()
+
+    def pause_indexing(self, paused: bool) -> None:
+        if self._index is not None:
+            (self._index.token.pause if paused else self._index.token.resume)()
+
+    def cancel_indexing(self) -> None:
+        if self._index is not None:
+            self._index.cancel()
+
+    def remove_folder(self, path: str) -> int:
+        count = self.library.remove_folder(path)
+        self.libraryChanged.emit()
+        return count

@@ -1,0 +1,50 @@
+"""Starting the window: the library opens at once, the model loads in the background."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+from app.controller import Controller
+from app.preferences import APP, ORG, Preferences
+from app.window import MainWindow
+from engine.errors import PicsiftError
+from engine.library import Library
+from engine.paths import cache_dir, library_dir
+
+
+def create_window(args: argparse.Namespace, settings: QSettings | None = None) -> MainWindow:
+    """Build the window over a library; the model starts loading when the event loop runs."""
+    settings = settings or QSettings(ORG, APP)
+    prefs = Preferences.load(settings)
+    library = Library(library_dir(getattr(args, "library", None)))
+    model_id = getattr(args, "model", None) or prefs.model or None
+    device = getattr(args, "device", None) if getattr(args, "device", "auto") != "auto" else prefs.device
+    controller = Controller(library, model_id, device=device or "auto",
+                            precision=getattr(args, "precision", "auto") or "auto")
+    window = MainWindow(controller, settings, str(cache_dir() / "thumbnails"))
+    folders = list(getattr(args, "folders", []) or [])
+    if folders:
+        window.start_indexing(folders)
+    QTimer.singleShot(0, controller.load_model)
+    return window
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("picsift")
+    app.setOrganizationName(ORG)
+    try:
+        window = create_window(args)
+    except PicsiftError as exc:
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.critical(None, "picsift", str(exc))
+        return 1
+    window.show()
+    code = app.exec()
+    window.controller.library.close()
+    return code
