@@ -16,8 +16,7 @@ log = logging.getLogger("picsift.app")
 class GeneratorThread(QThread):
     """Iterates `make()` (an engine generator) off the GUI thread, emitting each record.
 
-    Cancel goes through the engine's CancelToken, which the generator checks between
-    batches; the thread also stops forwarding records at once.
+    Cancel goes through the engine's CancelToken, which the generator checks between batches.
     """
 
     record = Signal(object)
@@ -36,12 +35,11 @@ class GeneratorThread(QThread):
     def run(self) -> None:  # runs on the worker thread
         completed = False
         try:
+            # Records keep flowing after a cancel: the engine generator sees the token between
+            # batches and ends with its own final record (a cancelled summary), which the window shows.
             for item in self._make(self.token):
-                if self.token.cancelled:
-                    break
                 self.record.emit(item)
-            else:
-                completed = True
+            completed = True
         except PicsiftError as exc:
             self.failed.emit(str(exc))
         except Exception as exc:  # the window must survive any engine failure; the log keeps the detail

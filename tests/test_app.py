@@ -1,0 +1,236 @@
+"""The window, offscreen: live rerank, k changes without a new BE search, drops, indexing, cancel."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent  # noqa: E402
+from PySide6.QtWidgets import QMessageBox  # noqa: E402
+
+from conftest import make_photo  # noqa: E402
+from engine.search import Searcher  # noqa: E402
+
+MODEL_TIMEOUT = 60_000
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
+    from app.main import create_window
+
+    monkeypatch.setattr(QMessageBox, "exec", lambda self: 0)  # no modal dialog may block a test
+    windows = []
+
+    def make(folders=(), model=None, wait_model=True):
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        args = argparse.Namespace(library=str(tmp_path / "lib"), model=model or str(tiny_model_dir),
+                                  device="cpu", precision="fp32", folders=list(folders))
+        window = create_window(args, settings)
+        qtbot.addWidget(window)
+        windows.append(window)
+        window.show()
+        if wait_model:
+            with qtbot.waitSignal(window.controller.modelReady, timeout=MODEL_TIMEOUT):
+                pass
+        return window
+
+    yield make
+    for w in windows:
+        w.close()
+        assert not any(t.isRunning() for t in w.controller._threads), "a worker thread outlived the window"
+        w.controller.library.close()
+
+
+def index_and_wait(qtbot, window, folders, timeout=60_000):
+    progress = []
+    window.controller.indexProgress.connect(progress.append)
+    with qtbot.waitSignal(window.controller.indexFinished, timeout=timeout) as finished:
+        assert window.start_indexing([str(f) for f in folders])
+    return progress, finished.args[0]
+
+
+def collect_updates(qtbot, window, start):
+    updates = []
+    window.controller.searchUpdate.connect(lambda _r, u: updates.append(u))
+    start()
+    qtbot.waitUntil(lambda: bool(updates) and updates[-1].done, timeout=30_000)
+    return updates
+
+
+def test_window_opens_with_an_empty_state_and_loads_the_model(make_window):
+    window = make_window()
+    assert window.windowTitle() == "picsift"
+    assert window.pages.currentWidget() is window.empty
+    assert "Add Folder" in window.empty.text()
+    assert "CPU" in window.device_label.text()
+    assert window.size_label.text().startswith("0 photos")
+
+
+def test_indexing_reports_progress_and_fills_the_library(qtbot, make_window, photo_folder):
+    window = make_window()
+    progress, completed = index_and_wait(qtbot, window, [photo_folder])
+    assert completed is True
+    phases = [p.phase for p in progress]
+    assert phases[0] == "scanning" and phases[-1] == "done" and "indexing" in phases
+    assert progress[-1].embedded == 12
+    assert window.size_label.text().startswith("12 photos")
+    assert window.index_panel.bar.value() == 12 and "Done" in window.index_panel.label.text()
+
+
+def test_search_shows_be_results_then_reorders_into_ce_order(qtbot, make_window, photo_folder):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    window.k_box.setValue(6)
+    window.search.setText("a dog runs on the beach")
+    updates = collect_updates(qtbot, window, window.run_search)
+    assert updates[0].scored == 0 and all(h.rerank_score is None for h in updates[0].hits)
+    assert [u.scored for u in updates] == sorted(u.scored for u in updates) and updates[-1].scored == 6
+    shown = [window.results.hit_at(window.results.index(r)).id for r in range(window.results.rowCount())]
+    expected = Searcher(window.controller.library, window.controller.model).search(
+        "a dog runs on the beach", n=window.prefs.n, k=6)
+    assert shown == [h.id for h in expected]
+    assert window.pages.currentWidget() is window.grid
+    assert window.rerank_state.text() == "12 results, top 6 reranked"
+    tip = window.results.data(window.results.index(0), Qt.ItemDataRole.ToolTipRole)
+    assert "BE score" in tip and "CE probability" in tip and "Rerank:" in tip
+
+
+def test_changing_k_reranks_without_a_new_be_search(qtbot, make_window, photo_folder, monkeypatch):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    window.k_box.setValue(0)
+    window.search.setText("a red car")
+    first = collect_updates(qtbot, window, window.run_search)
+    assert all(h.rerank_score is None for h in first[-1].hits)
+    calls = []
+    searcher = window.controller.searcher
+    real = searcher.retrieve
+    monkeypatch.setattr(searcher, "retrieve", lambda *a, **k: calls.append(a) or real(*a, **k))
+    updates = collect_updates(qtbot, window, lambda: window.k_box.setValue(8))
+    assert calls == []  # the BE step was not run again
+    final = updates[-1].hits
+    assert all(h.rerank_score is not None for h in final[:8]) and all(h.rerank_score is None for h in final[8:])
+    probs = [h.rerank_score for h in final[:8]]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_a_new_query_cancels_the_one_in_flight(qtbot, make_window, photo_folder):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    seen = []
+    window.controller.searchUpdate.connect(lambda r, u: seen.append(r))
+    window.search.setText("first query")
+    window.run_search()
+    window.search.setText("second query")
+    window.run_search()
+    qtbot.waitUntil(lambda: window.rerank_state.text().endswith("reranked"), timeout=30_000)
+    last_request = window.controller._request
+    assert seen and seen[-1] == last_request
+    assert window.controller.query == "second query"
+
+
+def test_dropping_a_photo_shows_captions_and_similar_photos(qtbot, make_window, photo_folder, tmp_path):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    outside = make_photo(tmp_path / "dropped.png", seed=3)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(outside)])
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    captions = []
+    window.controller.captionsUpdate.connect(lambda p, u: captions.append(u))
+    with qtbot.waitSignal(window.controller.similarReady, timeout=30_000):
+        window.dropEvent(event)
+    qtbot.waitUntil(lambda: bool(captions) and captions[-1].done, timeout=60_000)
+    assert window.pages.currentWidget() is window.drop_panel
+    assert window.drop_panel.captions.count() == len(captions[-1].hits) > 0
+    assert window.similar_model.rowCount() == 12
+    top = captions[-1].hits[0]
+    assert f"{top.rerank_score:.2f}" in window.drop_panel.captions.item(0).text()
+    assert window.drop_panel.collection.currentText() == "everyday"
+
+
+def test_dropping_a_folder_offers_to_index_it(qtbot, make_window, photo_folder, monkeypatch):
+    window = make_window()
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.Yes)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(photo_folder))])
+    event = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    with qtbot.waitSignal(window.controller.indexFinished, timeout=60_000):
+        window.dropEvent(event)
+    assert asked and window.controller.library.store.count_photos() == 12
+
+
+def test_cancel_stops_within_a_batch_and_keeps_what_was_indexed(qtbot, make_window, tmp_path):
+    folder = tmp_path / "many"
+    for i in range(64):
+        make_photo(folder / f"{i:02d}.png", seed=i, size=(400, 300))
+    window = make_window()
+    lib = window.controller.library
+    done_at_cancel = []
+
+    def on_progress(p):
+        if p.phase == "indexing" and not done_at_cancel:
+            done_at_cancel.append(p.done)
+            window.cancel_work()  # Esc
+
+    window.controller.indexProgress.connect(on_progress)
+    with qtbot.waitSignal(window.controller.indexFinished, timeout=60_000) as finished:
+        window.start_indexing([str(folder)])
+    assert finished.args[0] is False
+    kept = lib.store.count_photos()
+    batch = window.controller.model.image_batch_size
+    assert done_at_cancel[0] <= kept <= done_at_cancel[0] + batch < 64
+    assert "Cancelled" in window.index_panel.label.text()
+    _, completed = index_and_wait(qtbot, window, [folder])
+    assert completed and lib.store.count_photos() == 64
+    import faiss
+
+    assert sorted(faiss.vector_to_array(lib.index.index.id_map)) == sorted(lib.store.photo_ids())
+
+
+def test_searching_during_indexing_sees_what_is_indexed(qtbot, make_window, tmp_path):
+    folder = tmp_path / "many"
+    for i in range(48):
+        make_photo(folder / f"{i:02d}.png", seed=i, size=(400, 300))
+    window = make_window()
+    results = []
+
+    def on_progress(p):
+        if p.phase == "indexing" and p.done and not results:
+            window.controller.pause_indexing(True)
+            hits = window.controller.searcher.search("anything", n=100, k=0)
+            results.append((p.done, len(hits)))
+            window.controller.pause_indexing(False)
+
+    window.controller.indexProgress.connect(on_progress)
+    index_and_wait(qtbot, window, [folder])
+    done, found = results[0]
+    assert 0 < found < 48 and found >= done
+
+
+def test_missing_model_says_what_is_needed(qtbot, make_window, tmp_path):
+    window = make_window(model=str(tmp_path / "no-model-here"), wait_model=False)
+    with qtbot.waitSignal(window.controller.modelFailed, timeout=MODEL_TIMEOUT) as failed:
+        pass
+    assert "no-model-here" in failed.args[0]
+    qtbot.waitUntil(lambda: window.device_label.text() == "No model loaded", timeout=5000)
+
+
+def test_keyboard_shortcuts_and_settings_persist(qtbot, make_window, tmp_path):
+    window = make_window()
+    window.activateWindow()
+    window.k_box.setFocus()
+    qtbot.keyClick(window, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(window.search.hasFocus, timeout=2000)
+    assert window.add_folder_action.shortcut().toString() == "Ctrl+O"
+    window.k_box.setValue(7)
+    window.close()
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    assert int(settings.value("k")) == 7 and settings.value("geometry") is not None
