@@ -19,6 +19,7 @@ from engine.search import Searcher
 
 class Controller(QObject):
     modelLoading = Signal(str)
+    downloadProgress = Signal(object, object, str)  # (bytes done, bytes in all, file): a first-run download
     modelReady = Signal(str)  # device description
     modelFailed = Signal(str)
     searchUpdate = Signal(object, object)  # (request id, SearchUpdate)
@@ -76,7 +77,13 @@ class Controller(QObject):
             self.model_id = model_id
         wanted = self.model_id or self.library.model_id or DEFAULT_MODEL
         self.modelLoading.emit(wanted)
-        thread = self._start(call_generator(lambda: load_model(wanted, self.device, self.precision)), "picsift-model")
+        device, precision = self.device, self.precision
+
+        def load():
+            return load_model(wanted, device, precision,
+                              on_download=lambda done, total, name: self.downloadProgress.emit(done, total, name))
+
+        thread = self._start(call_generator(load), "picsift-model")
         thread.record.connect(self._on_model)
         thread.failed.connect(self.modelFailed)
 

@@ -9,7 +9,7 @@ from PySide6.QtCore import QSettings, QSize, Qt, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QIcon, QImage, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListView, QMainWindow, QMenu,
-    QMessageBox, QSpinBox, QStackedWidget, QVBoxLayout, QWidget,
+    QMessageBox, QProgressBar, QSpinBox, QStackedWidget, QVBoxLayout, QWidget,
 )
 
 from app.controller import Controller
@@ -114,7 +114,11 @@ class MainWindow(QMainWindow):
 
         self.device_label = QLabel("Loading model…")
         self.size_label = QLabel("")
+        self.download_bar = QProgressBar()
+        self.download_bar.setMaximumWidth(260)
+        self.download_bar.setVisible(False)
         self.statusBar().addWidget(self.device_label, 1)
+        self.statusBar().addPermanentWidget(self.download_bar)
         self.statusBar().addPermanentWidget(self.size_label)
 
         self._build_menus()
@@ -123,6 +127,7 @@ class MainWindow(QMainWindow):
 
         c = controller
         c.modelLoading.connect(lambda mid: self.device_label.setText(f"Loading model {mid}…"))
+        c.downloadProgress.connect(self._on_download)
         c.modelReady.connect(self._on_model_ready)
         c.modelFailed.connect(self._on_model_failed)
         c.searchUpdate.connect(self._on_search_update)
@@ -222,13 +227,23 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Removed {folder} ({n} photos) from the library.", 6000)
 
     # ----- model -----------------------------------------------------------
+    def _on_download(self, done: int, total: int, name: str) -> None:
+        mb = 1024 * 1024
+        self.download_bar.setVisible(True)
+        self.download_bar.setRange(0, max(1, total // mb))
+        self.download_bar.setValue(done // mb)
+        self.download_bar.setFormat(f"{done // mb} of {total // mb} MB")
+        self.device_label.setText(f"Downloading the model (first run only): {name}")
+
     def _on_model_ready(self, device: str) -> None:
+        self.download_bar.setVisible(False)
         self.device_label.setText(f"Model ready · {device}")
         if self._index_waiting:
             self._index_waiting = False
             self.start_indexing(self._waiting_folders)
 
     def _on_model_failed(self, message: str) -> None:
+        self.download_bar.setVisible(False)
         self.device_label.setText("No model loaded")
         box = QMessageBox(self)
         box.setIcon(QMessageBox.Icon.Warning)

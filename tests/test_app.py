@@ -234,3 +234,11 @@ def test_keyboard_shortcuts_and_settings_persist(qtbot, make_window, tmp_path):
     window.close()
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
     assert int(settings.value("k")) == 7 and settings.value("geometry") is not None
+
+
+def test_download_progress_shows_in_the_status_bar(qtbot, make_window):
+    window = make_window()
+    window.controller.downloadProgress.emit(300 * 1024 * 1024, 900 * 1024 * 1024, "model.safetensors")
+    assert window.download_bar.isVisible() or not window.isVisible()
+    assert window.download_bar.format() == "300 of 900 MB"
+    assert "model.safetensors" in window.device_label.text()

@@ -128,3 +128,48 @@ def test_out_of_memory_halves_batch_then_falls_back_to_cpu(tiny_model, monkeypat
     assert out.shape == (8, 1)
     assert calls[:4] == [8, 4, 2, 1]  # halved down to one, then the CPU took over
     assert model.device == "cpu" == real_device
+
+
+def test_first_run_downloads_with_byte_progress(tiny_model_dir, tmp_path, monkeypatch):
+    """The hub is simulated: its listing and file fetches serve the tiny checkpoint's files."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    import engine.models.blip as blip
+
+    files = sorted(p.name for p in tiny_model_dir.iterdir())
+    snapshot = tmp_path / "hub" / "snapshots" / "abc"
+    fetched = []
+
+    def model_info(self, repo_id, files_metadata=False):
+        assert repo_id == "org/tiny-blip" and files_metadata
+        extra = [SimpleNamespace(rfilename="tf_model.h5", size=999), SimpleNamespace(rfilename="README.md", size=5)]
+        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f, size=os.path.getsize(tiny_model_dir / f))
+                                         for f in files] + extra)
+
+    def hf_hub_download(repo_id, filename, tqdm_class=None, **kw):
+        fetched.append(filename)
+        size = os.path.getsize(tiny_model_dir / filename)
+        if tqdm_class is not None:
+            bar = tqdm_class(total=size, unit="B")
+            for _ in range(0, size, max(1, size // 3)):
+                bar.update(min(max(1, size // 3), size - bar.n))
+            bar.close()
+        snapshot.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_model_dir / filename, snapshot / filename)
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(blip, "hub_reachable", lambda timeout=3.0: True)
+    progress = []
+    model = load_model("org/tiny-blip", device="cpu", on_download=lambda d, t, n: progress.append((d, t)))
+    assert sorted(fetched) == files  # other frameworks' weights and docs are not fetched
+    total = sum(os.path.getsize(tiny_model_dir / f) for f in files)
+    assert progress[-1] == (total, total)
+    done = [d for d, _ in progress]
+    assert done == sorted(done) and len(set(done)) > len(files)  # progress within files, not only per file
+    assert model.model_id == "org/tiny-blip" and model.dim == 16

@@ -76,7 +76,10 @@ class BlipRetrievalModel:
 
     # ----- loading -------------------------------------------------------
     @classmethod
-    def load(cls, model_id: str = DEFAULT_MODEL, device: str | None = "auto", precision: str | None = "auto"):
+    def load(cls, model_id: str = DEFAULT_MODEL, device: str | None = "auto", precision: str | None = "auto",
+             on_download=None):
+        """Load from a folder or the cache; a hub id not cached yet is downloaded first (on_download
+        receives (bytes done, bytes in all, file name); without it the hub shows its own bars)."""
         from transformers import AutoProcessor, BlipForImageTextRetrieval
 
         identity = model_identity(model_id)
@@ -95,10 +98,12 @@ class BlipRetrievalModel:
                 raise ModelNotFoundError(identity, str(local_exc), local=True) from local_exc
             if not hub_reachable():
                 raise ModelNotFoundError(identity, str(local_exc)) from local_exc
-            hf_logging.enable_progress_bar()  # a first download shows its progress
-            try:
-                processor = AutoProcessor.from_pretrained(identity)
-                model = BlipForImageTextRetrieval.from_pretrained(identity)
+            from engine.models.download import download
+
+            try:  # a first run: fetch the checkpoint once, showing its progress, then load it from the cache
+                folder = download(identity, on_download)
+                processor = AutoProcessor.from_pretrained(folder)
+                model = BlipForImageTextRetrieval.from_pretrained(folder)
             except Exception as exc:  # transformers raises OSError, ValueError or hub errors alike
                 raise ModelNotFoundError(identity, str(exc)) from exc
         model.eval()
