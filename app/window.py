@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
-from PySide6.QtCore import QSettings, QSize, Qt, QUrl
+from PySide6.QtCore import QEvent, QSettings, QSize, Qt, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QIcon, QImage, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListView, QMainWindow, QMenu,
@@ -40,6 +41,7 @@ class MainWindow(QMainWindow):
         self.dropped: str | None = None
         self._index_waiting = False  # an indexing request made before the model was loaded
         self._waiting_folders: list[str] | None = None
+        self._last_refresh = 0.0
         self.setWindowTitle("picsift")
         icon = ASSETS_DIR / "icons" / "picsift.png"
         if icon.exists():
@@ -55,6 +57,7 @@ class MainWindow(QMainWindow):
         self.search.setPlaceholderText("Describe the photo you are looking for (Ctrl+F), then Enter")
         self.search.setClearButtonEnabled(True)
         self.search.returnPressed.connect(self.run_search)
+        self.search.installEventFilter(self)
         self.k_box = QSpinBox()
         self.k_box.setRange(0, 200)
         self.k_box.setValue(self.prefs.k)
@@ -196,9 +199,12 @@ class MainWindow(QMainWindow):
         self.scope.setCurrentIndex(max(0, i))
         names = [c["name"] for c in lib.store.collections()] or ["everyday"]
         self.drop_panel.set_collections(names, self.collection or "everyday")
-        if self.pages.currentIndex() == PAGE_EMPTY and count:
+        if count or self.controller.indexing:
+            busy = " Indexing goes on in the background; searches see what is indexed so far." \
+                if self.controller.indexing else ""
             self.empty.setText("<h2>Type what you are looking for and press Enter</h2>"
-                               f"<p>{count} photos indexed. Drop a photo here to describe it and find similar ones.</p>")
+                               f"<p>{count} photos indexed.{busy}<br>"
+                               "Drop a photo here to describe it and find similar ones.</p>")
 
     def choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Add a photo folder")
@@ -357,6 +363,26 @@ class MainWindow(QMainWindow):
         else:
             self.statusBar().showMessage("Drop a photo (JPEG, PNG, WebP, HEIC, …) or a folder.", 6000)
 
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        """Ctrl+V in the search field pastes a photo when the clipboard holds one, text otherwise."""
+        if obj is self.search and event.type() in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress) \
+                and event.matches(QKeySequence.StandardKey.Paste) and self._clipboard_has_photo():
+            if event.type() == QEvent.Type.KeyPress:
+                self.paste_image()
+            event.accept()
+            return True
+        return super().eventFilter(obj, event)
+
+    @staticmethod
+    def _clipboard_has_photo() -> bool:
+        mime = QGuiApplication.clipboard().mimeData()
+        if mime is None:
+            return False
+        if mime.hasImage():
+            return True
+        return any(u.isLocalFile() and (os.path.isdir(u.toLocalFile()) or is_supported(u.toLocalFile()))
+                   for u in mime.urls())
+
     def paste_image(self) -> None:
         clip = QGuiApplication.clipboard()
         mime = clip.mimeData()
@@ -423,7 +449,9 @@ class MainWindow(QMainWindow):
         self.index_panel.update_progress(progress)
         for m in progress.messages:
             self.statusBar().showMessage(m, 8000)
-        if progress.phase == "indexing" and progress.done and progress.done % 64 < 8:
+        now = time.monotonic()
+        if progress.phase != "indexing" or now - self._last_refresh > 1.0:
+            self._last_refresh = now
             self.refresh_library()
 
     def _on_index_finished(self, completed: bool) -> None:

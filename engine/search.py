@@ -73,6 +73,8 @@ class Searcher:
     def _photos_by_vector(self, vec: np.ndarray, n: int, scope: str | None = None,
                           exclude: int | None = None) -> list[Hit]:
         lib = self.library
+        if not lib.store.dim:
+            return []  # nothing indexed yet: no model has been bound to this library
         allowed = None
         if scope:
             allowed = lib.store.ids_under(os.path.abspath(os.path.expanduser(scope)))

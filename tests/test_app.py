@@ -242,3 +242,22 @@ def test_download_progress_shows_in_the_status_bar(qtbot, make_window):
     assert window.download_bar.isVisible() or not window.isVisible()
     assert window.download_bar.format() == "300 of 900 MB"
     assert "model.safetensors" in window.device_label.text()
+
+
+def test_ctrl_v_in_the_search_field_pastes_a_photo(qtbot, make_window, photo_folder):
+    from PySide6.QtGui import QGuiApplication
+
+    window = make_window()
+    photo = str(photo_folder / "home" / "photo_00.jpg")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(photo)])
+    QGuiApplication.clipboard().setMimeData(mime)
+    window.search.setFocus()
+    window.search.setText("")
+    with qtbot.waitSignal(window.controller.similarReady, timeout=30_000):
+        qtbot.keyClick(window.search, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert window.search.text() == ""  # the photo was not pasted as text
+    assert window.pages.currentWidget() is window.drop_panel and window.dropped == photo
+    QGuiApplication.clipboard().setText("plain words")
+    qtbot.keyClick(window.search, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert window.search.text() == "plain words"

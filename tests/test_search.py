@@ -161,3 +161,10 @@ def test_search_with_another_model_is_refused(indexed, tmp_path):
     other = load_model(str(build_random_blip(tmp_path / "other", "tiny", seed=3)), device="cpu")
     with pytest.raises(ModelMismatchError):
         Searcher(indexed, other)
+
+
+def test_an_empty_library_answers_with_no_hits(library, tiny_model, photo_folder):
+    searcher = Searcher(library, tiny_model)
+    assert searcher.search("a dog", n=5, k=5) == []
+    assert searcher.similar(str(photo_folder / "home" / "photo_00.jpg"), n=3) == []
+    assert len(searcher.captions(str(photo_folder / "home" / "photo_00.jpg"), n=3, k=3)) == 3
