@@ -11,7 +11,7 @@ import os
 from PySide6.QtCore import QObject, Signal
 
 from app.workers import GeneratorThread, call_generator
-from engine.captions import import_collection
+from engine.captions import embed_collection, import_collection, resolve_collection
 from engine.indexer import index_folders
 from engine.library import Library
 from engine.search import Searcher
@@ -29,6 +29,7 @@ class Controller(QObject):
     indexFailed = Signal(str)
     captionsUpdate = Signal(str, object)  # (photo path, SearchUpdate)
     similarReady = Signal(str, object)  # (photo path, list of Hit)
+    captionsPreparing = Signal(str, int, int)  # (photo path, captions embedded, captions in all)
     dropFailed = Signal(str)
     libraryChanged = Signal()
 
@@ -156,8 +157,16 @@ class Controller(QObject):
             self._drop.cancel()
         searcher = self.searcher
 
+        library, model = self.library, self.model
+
         def make(token):
             yield ("similar", searcher.similar(path, similar_n))
+            # A collection's first use embeds all its captions: report that, it takes a while on a CPU.
+            cid = resolve_collection(library, collection)
+            for done, total in embed_collection(library, model, cid, batch=64):
+                yield ("preparing", (done, total))
+                if token.cancelled:
+                    return
             for update in searcher.captions_stream(path, n, k, collection, cancel=token):
                 yield ("captions", update)
 
@@ -170,6 +179,8 @@ class Controller(QObject):
         kind, payload = item
         if kind == "similar":
             self.similarReady.emit(path, payload)
+        elif kind == "preparing":
+            self.captionsPreparing.emit(path, *payload)
         else:
             self.captionsUpdate.emit(path, payload)
 

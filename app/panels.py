@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
     QComboBox, QHBoxLayout, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
@@ -125,8 +125,8 @@ class DropPanel(QWidget):
         self.similar.setViewMode(QListView.ViewMode.IconMode)
         self.similar.setResizeMode(QListView.ResizeMode.Adjust)
         self.similar.setMovement(QListView.Movement.Static)
+        self.similar.setIconSize(QSize(similar_model.tile, similar_model.tile))
         self.similar.setModel(similar_model)
-        self.similar.setUniformItemSizes(True)
 
         left = QWidget()
         lv = QVBoxLayout(left)

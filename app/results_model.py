@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QSize, Qt
 from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
 
 HitRole = Qt.ItemDataRole.UserRole + 1
@@ -53,6 +53,8 @@ class ResultsModel(QAbstractListModel):
                     self.loader.request(hit.path)
                 return self._placeholder
             return icon
+        if role == Qt.ItemDataRole.SizeHintRole:
+            return QSize(self.tile + 16, self.tile + 32)  # room for any thumbnail shape and its label
         if role == Qt.ItemDataRole.ToolTipRole:
             return hit_tooltip(hit)
         if role == HitRole:

@@ -81,10 +81,8 @@ class MainWindow(QMainWindow):
         self.grid = QListView()
         self.grid.setViewMode(QListView.ViewMode.IconMode)
         self.grid.setIconSize(QSize(160, 160))
-        self.grid.setGridSize(QSize(184, 200))
         self.grid.setResizeMode(QListView.ResizeMode.Adjust)
         self.grid.setMovement(QListView.Movement.Static)
-        self.grid.setUniformItemSizes(True)
         self.grid.setModel(self.results)
         self.grid.activated.connect(self.open_index)
         self.grid.doubleClicked.connect(self.open_index)
@@ -140,6 +138,7 @@ class MainWindow(QMainWindow):
         c.indexFailed.connect(self._on_index_failed)
         c.captionsUpdate.connect(self._on_captions)
         c.similarReady.connect(self._on_similar)
+        c.captionsPreparing.connect(self._on_captions_preparing)
         c.dropFailed.connect(self._on_drop_failed)
         c.libraryChanged.connect(self.refresh_library)
 
@@ -411,6 +410,10 @@ class MainWindow(QMainWindow):
     def _on_captions(self, path: str, update) -> None:
         if path == self.dropped:
             self.drop_panel.show_captions(update)
+
+    def _on_captions_preparing(self, path: str, done: int, total: int) -> None:
+        if path == self.dropped:
+            self.drop_panel.state.setText(f"Preparing the caption collection (first use only): {done} of {total}")
 
     def _on_similar(self, path: str, hits) -> None:
         if path == self.dropped:

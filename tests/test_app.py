@@ -141,8 +141,9 @@ def test_dropping_a_photo_shows_captions_and_similar_photos(qtbot, make_window, 
     mime.setUrls([QUrl.fromLocalFile(outside)])
     event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                        Qt.KeyboardModifier.NoModifier)
-    captions = []
+    captions, preparing = [], []
     window.controller.captionsUpdate.connect(lambda p, u: captions.append(u))
+    window.controller.captionsPreparing.connect(lambda p, d, t: preparing.append((d, t)))
     with qtbot.waitSignal(window.controller.similarReady, timeout=30_000):
         window.dropEvent(event)
     qtbot.waitUntil(lambda: bool(captions) and captions[-1].done, timeout=60_000)
@@ -152,6 +153,7 @@ def test_dropping_a_photo_shows_captions_and_similar_photos(qtbot, make_window, 
     top = captions[-1].hits[0]
     assert f"{top.rerank_score:.2f}" in window.drop_panel.captions.item(0).text()
     assert window.drop_panel.collection.currentText() == "everyday"
+    assert preparing and preparing[-1][0] == preparing[-1][1] >= 2000  # the first use embedded the collection
 
 
 def test_dropping_a_folder_offers_to_index_it(qtbot, make_window, photo_folder, monkeypatch):
