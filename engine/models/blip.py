@@ -19,6 +19,7 @@ from PIL import Image
 
 from engine.errors import ModelNotFoundError
 from engine.models.base import ImageEncoding
+from engine.models.blip_ce import itm_logits
 from engine.models.device import is_out_of_memory, pick_device, resolve_precision
 
 log = logging.getLogger("picsift.models")
@@ -218,14 +219,8 @@ class BlipRetrievalModel:
 
         def run(a: int, b: int) -> list[np.ndarray]:
             img = torch.as_tensor(tokens[a:b]).to(self.device, self.dtype)
-            att = torch.ones(img.shape[:-1], dtype=torch.long, device=self.device)
-            hidden = self.model.text_encoder(
-                input_ids=inputs["input_ids"][a:b].to(self.device),
-                attention_mask=inputs["attention_mask"][a:b].to(self.device),
-                encoder_hidden_states=img,
-                encoder_attention_mask=att,
-            ).last_hidden_state
-            logits = self.model.itm_head(hidden[:, 0, :]).float()
+            logits = itm_logits(self.model, inputs["input_ids"][a:b].to(self.device),
+                                inputs["attention_mask"][a:b].to(self.device), img).float()
             return [torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)]
 
         (probs,) = self._batched(n, self.ce_batch_size, run)
