@@ -68,15 +68,14 @@ def decode(data: bytes, target_size: int | None = None, max_pixels: int = MAX_PI
             "possibly a decompression bomb"
         )
     try:
-        orientation = img.getexif().get(0x0112, 1)
-    except Exception:
-        orientation = 1
-    try:
         if target_size and img.format == "JPEG":
             img.draft("RGB", (target_size, target_size))
         if getattr(img, "is_animated", False):
             img.seek(0)  # first frame of a GIF or animated WebP
         img.load()
+        # Read after loading: some formats (TIFF, HEIF) apply the orientation themselves, report the
+        # already-rotated size and clear the tag; only an orientation still pending is applied here.
+        orientation = _orientation(img)
         img = ImageOps.exif_transpose(img) if orientation != 1 else img
         rgb = _to_rgb(img)
     except ImageError:
@@ -86,6 +85,14 @@ def decode(data: bytes, target_size: int | None = None, max_pixels: int = MAX_PI
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return DecodedPhoto(rgb, w, h)
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:
+        return 1
+    return value if value in range(1, 9) else 1
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -20,6 +20,7 @@ from PIL import Image
 from engine.errors import ModelNotFoundError
 from engine.models.base import ImageEncoding
 from engine.models.blip_ce import itm_logits
+from engine.models.blip_vision import vision_tokens
 from engine.models.device import is_out_of_memory, pick_device, resolve_precision
 
 log = logging.getLogger("picsift.models")
@@ -175,7 +176,7 @@ class BlipRetrievalModel:
     def encode_pixels(self, pixel_values: torch.Tensor) -> ImageEncoding:
         def run(a: int, b: int) -> list[np.ndarray]:
             px = pixel_values[a:b].to(self.device, self.dtype)
-            tokens = self.model.vision_model(pixel_values=px).last_hidden_state
+            tokens = vision_tokens(self.model.vision_model, px)
             vec = F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
             return [vec.cpu().numpy().astype(np.float32), tokens.float().cpu().numpy()]
 
