@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from engine import __version__
 from engine.errors import PicsiftError
@@ -76,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("file")
     ci.add_argument("--name", help="collection name (default: the file name)")
     csub.add_parser("list", parents=[nested], help="list collections")
+
+    p = sub.add_parser("bench", parents=[common], help="measure this machine: indexing, search, rerank, disk")
+    p.add_argument("folder", help="a folder of real photos (decoding and indexing figures)")
+    p.add_argument("--photos", type=int, default=48, help="photos to index (default 48)")
+    p.add_argument("--sizes", default="10000,100000,1000000",
+                   help="collection sizes for the FAISS figures (default 10000,100000,1000000)")
+    p.add_argument("--plot", metavar="PNG", help="also plot query latency against collection size (matplotlib)")
 
     p = sub.add_parser("gui", parents=[common], help="open the desktop window")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to add and index on start")
@@ -272,8 +280,44 @@ def cmd_make_random_model(s: Session) -> int:
     return EXIT_OK
 
 
+def cmd_bench(s: Session) -> int:
+    import tempfile
+
+    from engine.bench import plot_curve, run_bench
+    from engine.models import DEFAULT_MODEL, is_cached, load_model
+    from engine.models.random_blip import build_random_blip
+
+    args = s.args
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    with tempfile.TemporaryDirectory(prefix="picsift-bench-model-") as tmp:
+        model_id = args.model or DEFAULT_MODEL
+        note = model_id
+        if not args.model and not is_cached(DEFAULT_MODEL):
+            _say(args, f"{DEFAULT_MODEL} is not cached: measuring its architecture with random weights (same cost).")
+            model_id = str(build_random_blip(Path(tmp) / "blip-base", "base"))
+            note = f"random-weight BLIP base (architecture of {DEFAULT_MODEL})"
+        model = load_model(model_id, device=args.device, precision=args.precision)
+        curve: list = []
+        figures = []
+        if not args.json:
+            print(f"model: {note}\ndevice: {model.describe_device()}")
+            print(f"{'figure':38s} {'value':>12s}  unit      note")
+        for fig in run_bench(model, args.folder, photos=args.photos, sizes=sizes, curve=curve):
+            figures.append(fig)
+            if not args.json and fig.name != "device":
+                value = fig.value if isinstance(fig.value, str) else f"{fig.value:,}"
+                print(f"{fig.name:38s} {value:>12s}  {fig.unit:9s} {fig.note}", flush=True)
+        if args.json:
+            print(json.dumps([{"name": "model", "value": note, "unit": "", "note": ""}]
+                             + [f.to_json() for f in figures]))
+        if args.plot:
+            plot_curve(curve, args.plot)
+            _say(args, f"plot written to {args.plot}")
+    return EXIT_OK
+
+
 COMMANDS = {"index": cmd_index, "search": cmd_search, "captions": cmd_captions, "similar": cmd_similar,
-            "status": cmd_status, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
+            "status": cmd_status, "bench": cmd_bench, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
 
 
 def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> int:

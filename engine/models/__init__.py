@@ -10,4 +10,15 @@ def load_model(model_id: str = DEFAULT_MODEL, device: str | None = "auto", preci
     return BlipRetrievalModel.load(model_id, device=device, precision=precision, on_download=on_download)
 
 
-__all__ = ["DEFAULT_MODEL", "ImageEncoding", "RetrievalModel", "load_model", "model_identity"]
+def is_cached(model_id: str) -> bool:
+    """Whether a checkpoint can be loaded without the network (a folder, or in the hub cache)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model_identity(model_id), local_files_only=True)
+        return True
+    except Exception:  # any failure means: not loadable offline
+        return False
+
+
+__all__ = ["is_cached", "DEFAULT_MODEL", "ImageEncoding", "RetrievalModel", "load_model", "model_identity"]
