@@ -83,7 +83,10 @@ def synthetic_jpeg(width: int = 4000, height: int = 3000) -> bytes:
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, size=(height // 50, width // 50, 3), dtype=np.uint8)
-    img = Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BICUBIC)
+    smooth = np.asarray(Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BICUBIC), np.int16)
+    # Fine grain like a real photo's texture and sensor noise, so the file is a camera-sized 4-6 MB.
+    grain = rng.normal(scale=10, size=(height, width, 1)).astype(np.int16)
+    img = Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8), "RGB")
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()

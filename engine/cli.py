@@ -40,6 +40,18 @@ def _common(nested: bool = False) -> argparse.ArgumentParser:
     return p
 
 
+def parse_size(text: str) -> int:
+    """'4G', '500M', '1.5GB', '0' -> bytes."""
+    t = text.strip().upper().removesuffix("B")
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4G, 500M, 0)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -50,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", parents=[common], help="add folders to the library and index their photos")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to add (none: rescan the library's folders)")
     p.add_argument("--batch-size", type=int, default=None, help="photos per model batch and commit")
+    p.add_argument("--cache-budget", type=parse_size, metavar="SIZE",
+                   help="disk the rerank cache may use, kept with the library (e.g. 2G, 500M; 0 turns it off; "
+                        "default 4G); photos beyond it are encoded again when a query reranks them")
 
     for name, helptext in (("search", "find photos matching a text"),):
         p = sub.add_parser(name, parents=[common], help=helptext)
@@ -142,6 +157,10 @@ def cmd_index(s: Session) -> int:
     folders = args.folders or s.library.store.folders()
     if not folders:
         raise PicsiftError("No folders given and the library has none yet: picsift index FOLDER")
+    if args.cache_budget is not None:
+        dropped = s.library.set_cache_budget(args.cache_budget)
+        _say(args, f"Rerank cache budget: {args.cache_budget / 1e9:.2f} GB"
+                   + (f" ({dropped} cached photos dropped to fit)" if dropped else ""))
     model = s.model
     _say(args, f"Library: {s.library.folder}\nModel: {model.model_id} on {model.describe_device()}")
     options = {"batch_size": args.batch_size} if args.batch_size else {}

@@ -28,7 +28,8 @@ class Library:
         except OSError as exc:
             raise LibraryError(f"cannot create the library folder {self.folder}: {exc.strerror or exc}") from exc
         self.store = Store(self.folder / self.DB_NAME)
-        self.tokens = TokenCache(self.folder / self.CACHE_NAME, cache_budget_bytes)
+        saved = self.store.get_meta("cache_budget_bytes")
+        self.tokens = TokenCache(self.folder / self.CACHE_NAME, int(saved) if saved else cache_budget_bytes)
         self.index_path = self.folder / self.INDEX_NAME
         self.exact_limit = exact_limit
         self.notices: list[str] = []
@@ -123,6 +124,11 @@ class Library:
                 p.unlink()
             except FileNotFoundError:
                 pass
+
+    def set_cache_budget(self, budget_bytes: int) -> int:
+        """Keep a new rerank-cache budget with the library; returns how many cached photos it dropped."""
+        self.store.set_meta("cache_budget_bytes", str(int(budget_bytes)))
+        return self.tokens.set_budget(budget_bytes)
 
     # ----- folders -------------------------------------------------------
     def remove_folder(self, path: str) -> int:

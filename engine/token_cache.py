@@ -129,6 +129,27 @@ class TokenCache:
                     out[pid] = decode_tokens(data, fmt, (n, h))
         return out
 
+    def set_budget(self, budget_bytes: int) -> int:
+        """Change the budget; entries beyond a lowered one are dropped (newest first). Returns how many."""
+        self.budget_bytes = max(0, int(budget_bytes))
+        dropped = 0
+        with self.lock:
+            while self._size > self.budget_bytes:
+                rows = self.conn.execute(
+                    "SELECT photo_id, length(data) FROM tokens ORDER BY photo_id DESC LIMIT 256").fetchall()
+                if not rows:
+                    break
+                doomed, freed = [], 0
+                for pid, length in rows:
+                    if self._size - freed <= self.budget_bytes:
+                        break
+                    doomed.append(pid)
+                    freed += length
+                self.conn.executemany("DELETE FROM tokens WHERE photo_id = ?", [(p,) for p in doomed])
+                self._size -= freed
+                dropped += len(doomed)
+        return dropped
+
     def delete(self, photo_ids: Iterable[int]) -> None:
         ids = [int(i) for i in photo_ids]
         with self.lock:

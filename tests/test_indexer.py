@@ -281,3 +281,21 @@ def test_index_file_is_rebuilt_from_the_database(tmp_path, tiny_model, photo_fol
         assert lib.index.ntotal == 12
         assert lib.notices and "rebuilt" in lib.notices[0]
         consistent(lib, all_photos(photo_folder))
+
+
+def test_rerank_cache_budget_is_kept_and_enforced(tmp_path, tiny_model, photo_folder):
+    lib_dir = tmp_path / "lib"
+    with Library(lib_dir) as lib:
+        run(lib, tiny_model, [photo_folder])
+        per_photo = lib.tokens.size_bytes // 12
+        dropped = lib.set_cache_budget(per_photo * 5)
+        assert dropped == 7 and lib.tokens.count() == 5 and lib.tokens.size_bytes <= per_photo * 5
+    with Library(lib_dir) as lib:  # the budget stays with the library
+        assert lib.tokens.budget_bytes == per_photo * 5
+        make_photo(photo_folder / "home" / "extra.png", seed=77)
+        run(lib, tiny_model, [photo_folder])
+        assert lib.tokens.count() == 5  # no room: the new photo is reranked on demand instead
+        from engine.search import Searcher
+
+        hits = Searcher(lib, tiny_model).search("a dog", n=13, k=13)
+        assert all(h.rerank_score is not None for h in hits)
