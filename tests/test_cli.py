@@ -377,3 +377,14 @@ def test_make_random_model_writes_a_loadable_checkpoint(tmp_path, photo_folder, 
     assert processor_configs, sorted(p.name for p in folder.iterdir())
     # The folder works as --model.
     assert run_json(capsys, "index", photo_folder, "--model", folder)["embedded"] == 12
+
+
+def test_sizes_parse_for_the_cache_budget():
+    import argparse
+
+    from engine.cli import parse_size
+
+    assert parse_size("4G") == 4 * 1024**3 and parse_size("500M") == 500 * 1024**2
+    assert parse_size("1.5GB") == int(1.5 * 1024**3) and parse_size("0") == 0
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size("lots")
