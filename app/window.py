@@ -325,12 +325,19 @@ class MainWindow(QMainWindow):
         if hit is None:
             return
         menu = QMenu(self)
-        menu.addAction("Open", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(hit.path)))
-        menu.addAction("Open Folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(os.path.dirname(hit.path))))
-        menu.addAction("Copy Path", lambda: QGuiApplication.clipboard().setText(hit.path))
-        menu.addAction("Copy Image", lambda: QGuiApplication.clipboard().setImage(QImage(hit.path)))
-        menu.addAction("Find Similar", lambda: self.describe(hit.path))
+        for name, action in self.hit_actions(hit):
+            menu.addAction(name, action)
         menu.exec(view.viewport().mapToGlobal(pos))
+
+    def hit_actions(self, hit) -> list[tuple[str, object]]:
+        """What a result's context menu offers."""
+        return [
+            ("Open", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(hit.path))),
+            ("Open Folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(os.path.dirname(hit.path)))),
+            ("Copy Path", lambda: QGuiApplication.clipboard().setText(hit.path)),
+            ("Copy Image", lambda: QGuiApplication.clipboard().setImage(QImage(hit.path))),
+            ("Find Similar", lambda: self.describe(hit.path)),
+        ]
 
     # ----- drag and drop, paste ---------------------------------------------
     def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt's name

@@ -263,3 +263,48 @@ def test_ctrl_v_in_the_search_field_pastes_a_photo(qtbot, make_window, photo_fol
     QGuiApplication.clipboard().setText("plain words")
     qtbot.keyClick(window.search, Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
     assert window.search.text() == "plain words"
+
+
+def test_enter_opens_a_result_and_the_context_menu_acts_on_it(qtbot, make_window, photo_folder, monkeypatch):
+    from PySide6.QtGui import QDesktopServices, QGuiApplication
+
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    window.k_box.setValue(0)
+    window.search.setText("a dog")
+    collect_updates(qtbot, window, window.run_search)
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
+    window.grid.setFocus()
+    window.grid.setCurrentIndex(window.results.index(1))
+    qtbot.keyClick(window.grid, Qt.Key.Key_Down)  # arrows move through the results
+    current = window.results.hit_at(window.grid.currentIndex())
+    assert window.grid.currentIndex().row() != 1
+    qtbot.keyClick(window.grid, Qt.Key.Key_Return)
+    assert opened == [current.path]
+    actions = dict(window.hit_actions(current))
+    assert list(actions) == ["Open", "Open Folder", "Copy Path", "Copy Image", "Find Similar"]
+    actions["Copy Path"]()
+    assert QGuiApplication.clipboard().text() == current.path
+    actions["Open Folder"]()
+    assert opened[-1] == str(photo_folder / ("home" if "/home/" in current.path else "trips"))
+    with qtbot.waitSignal(window.controller.similarReady, timeout=30_000):
+        actions["Find Similar"]()
+    assert window.pages.currentWidget() is window.drop_panel
+
+
+def test_folders_can_be_removed_and_captions_imported(qtbot, make_window, photo_folder, tmp_path, monkeypatch):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    captions = tmp_path / "mine.csv"
+    captions.write_text("caption\na dog on the beach\na red car\n")
+    name, count = window.controller.import_captions(str(captions), "mine")
+    assert (name, count) == ("mine", 2)
+    window.refresh_library()
+    assert window.drop_panel.collection.findText("mine") >= 0
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    window.remove_folder(str(photo_folder))
+    lib = window.controller.library
+    assert lib.store.count_photos() == 0 and lib.store.folders() == [] and lib.index.ntotal == 0
+    assert window.size_label.text().startswith("0 photos")
+    assert (photo_folder / "home" / "photo_00.jpg").exists()  # files on disk are not touched
