@@ -12,6 +12,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.workers import GeneratorThread, call_generator
 from engine.captions import embed_collection, import_collection, resolve_collection
+from engine.errors import ModelMismatchError
 from engine.indexer import index_folders
 from engine.library import Library
 from engine.search import Searcher
@@ -32,6 +33,7 @@ class Controller(QObject):
     captionsPreparing = Signal(str, int, int)  # (photo path, captions embedded, captions in all)
     dropFailed = Signal(str)
     libraryChanged = Signal()
+    notice = Signal(str)  # something the user should read, not an error
 
     def __init__(self, library: Library, model_id: str | None, device: str = "auto", precision: str = "auto",
                  parent: QObject | None = None):
@@ -93,8 +95,10 @@ class Controller(QObject):
         self.searcher = None
         try:
             self.searcher = Searcher(self.library, model)
-        except Exception as exc:  # a library indexed by another model: searching waits for re-indexing
-            self.modelFailed.emit(str(exc))
+        except ModelMismatchError:  # searching waits until the photos are embedded by this model
+            self.modelReady.emit(model.describe_device())
+            self.notice.emit(f"This library was indexed with another model ({self.library.model_id}); "
+                             "rescan it (F5) to embed its photos with the new one.")
             return
         self.modelReady.emit(model.describe_device())
 
@@ -110,7 +114,8 @@ class Controller(QObject):
         request = self._request
         self.query, self.n, self.candidates = query, max(n, k), []
         if self.searcher is None:
-            self.searchFailed.emit("The model is not loaded yet.")
+            self.searchFailed.emit("The model is not loaded yet." if self.model is None else
+                                   "Rescan the library (F5) before searching: its photos were embedded by another model.")
             return request
         searcher = self.searcher
         thread = self._start(lambda token: searcher.search_stream(query, max(n, k), k, scope, cancel=token),

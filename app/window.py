@@ -141,6 +141,7 @@ class MainWindow(QMainWindow):
         c.captionsPreparing.connect(self._on_captions_preparing)
         c.dropFailed.connect(self._on_drop_failed)
         c.libraryChanged.connect(self.refresh_library)
+        c.notice.connect(lambda msg: self.statusBar().showMessage(msg, 30000))
 
         geometry = settings.value("geometry")
         if geometry is not None:

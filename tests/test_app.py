@@ -308,3 +308,23 @@ def test_folders_can_be_removed_and_captions_imported(qtbot, make_window, photo_
     assert lib.store.count_photos() == 0 and lib.store.folders() == [] and lib.index.ntotal == 0
     assert window.size_label.text().startswith("0 photos")
     assert (photo_folder / "home" / "photo_00.jpg").exists()  # files on disk are not touched
+
+
+def test_another_model_asks_for_a_rescan_and_rescanning_re_embeds(qtbot, make_window, photo_folder, tmp_path):
+    from engine.models.random_blip import build_random_blip
+
+    first = make_window()
+    index_and_wait(qtbot, first, [photo_folder])
+    first.close()
+    first.controller.library.close()
+    other = build_random_blip(tmp_path / "other-model", "tiny", seed=5)
+    notices = []
+    window = make_window(model=str(other), wait_model=False)
+    window.controller.notice.connect(notices.append)
+    with qtbot.waitSignal(window.controller.modelReady, timeout=MODEL_TIMEOUT):
+        pass
+    assert notices and "another model" in notices[0]
+    assert window.controller.searcher is None
+    _, completed = index_and_wait(qtbot, window, [photo_folder])
+    assert completed and window.controller.searcher is not None
+    assert window.controller.library.model_id == str(other)
