@@ -140,7 +140,10 @@ class Indexer:
                 row = rows.get(entry.path)
                 if row and row.size == entry.size and row.mtime_ns == entry.mtime_ns and (
                         row.has_vector or row.status == "error"):
-                    progress.unchanged += 1
+                    if row.status == "error":
+                        progress.skipped += 1  # still unreadable; its reason stays recorded
+                    else:
+                        progress.unchanged += 1
                     continue
                 work.append(entry)
                 known[entry.path] = row

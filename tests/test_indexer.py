@@ -162,6 +162,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(library, tiny_model, photo_f
     consistent(library, [p for p in all_photos(photo_folder) if "/bad/" not in p])
     again, _ = run(library, tiny_model, [photo_folder])
     assert again.embedded == 0 and len(library.store.errors()) == 6
+    assert again.unchanged == 12 and again.skipped == 6  # the summary still counts them
 
 
 def test_folder_deleted_during_the_run(library, tiny_model, photo_folder):
