@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from PySide6.QtCore import QSettings, QTimer
@@ -33,7 +34,20 @@ def create_window(args: argparse.Namespace, settings: QSettings | None = None) -
     return window
 
 
+def no_display_reason() -> str | None:
+    """Why a window cannot open here (Linux without a display), or None."""
+    if sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")):
+        return ("picsift gui needs a desktop session, and this one has no display (DISPLAY and WAYLAND_DISPLAY "
+                "are unset); the same work is available from the terminal: picsift index, search, captions, similar.")
+    return None
+
+
 def run_gui(args: argparse.Namespace) -> int:
+    reason = no_display_reason()
+    if reason:
+        print(f"picsift: {reason}", file=sys.stderr)
+        return 1
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("picsift")
     app.setOrganizationName(ORG)

@@ -328,3 +328,16 @@ def test_another_model_asks_for_a_rescan_and_rescanning_re_embeds(qtbot, make_wi
     _, completed = index_and_wait(qtbot, window, [photo_folder])
     assert completed and window.controller.searcher is not None
     assert window.controller.library.model_id == str(other)
+
+
+def test_gui_without_a_display_says_so(monkeypatch, capsys):
+    import sys as _sys
+
+    from app.launcher import main
+
+    monkeypatch.setattr(_sys, "platform", "linux")
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["gui"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("picsift: picsift gui needs a desktop session") and "Traceback" not in err
