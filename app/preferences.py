@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
-    QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QSpinBox,
-    QWidget,
+    QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit,
+    QPushButton, QSpinBox, QWidget,
 )
 
 ORG, APP = "picsift", "picsift"
@@ -36,7 +36,7 @@ class Preferences:
 
 
 class PreferencesDialog(QDialog):
-    def __init__(self, prefs: Preferences, parent=None):
+    def __init__(self, prefs: Preferences, parent=None, cache_budget_gb: float = 4.0):
         super().__init__(parent)
         self.setWindowTitle("Preferences")
         self.model = QLineEdit(prefs.model)
@@ -57,11 +57,19 @@ class PreferencesDialog(QDialog):
         self.n = QSpinBox()
         self.n.setRange(1, 1000)
         self.n.setValue(prefs.n)
+        self.cache = QDoubleSpinBox()
+        self.cache.setRange(0, 10_000)
+        self.cache.setDecimals(1)
+        self.cache.setSuffix(" GB")
+        self.cache.setValue(cache_budget_gb)
+        self.cache.setToolTip("Disk the rerank cache may use (about 0.45 MB a photo); photos beyond it are "
+                              "encoded again when a search reranks them. Kept with the library.")
         form = QFormLayout(self)
         form.addRow("Model (hub id or folder)", row)
         form.addRow("Device", self.device)
         form.addRow("Rerank top k (0 = off)", self.k)
         form.addRow("Results shown", self.n)
+        form.addRow("Rerank cache budget", self.cache)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
@@ -71,6 +79,9 @@ class PreferencesDialog(QDialog):
         folder = QFileDialog.getExistingDirectory(self, "Model folder")
         if folder:
             self.model.setText(folder)
+
+    def cache_budget_bytes(self) -> int:
+        return int(self.cache.value() * 1024**3)
 
     def value(self) -> Preferences:
         return Preferences(self.model.text().strip(), self.device.currentText(), self.k.value(), self.n.value())

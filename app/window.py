@@ -268,11 +268,17 @@ class MainWindow(QMainWindow):
                 self.controller.load_model(folder)
 
     def edit_preferences(self) -> None:
-        dialog = PreferencesDialog(self.prefs, self)
+        budget = self.controller.library.tokens.budget_bytes / 1024**3
+        dialog = PreferencesDialog(self.prefs, self, cache_budget_gb=budget)
         if dialog.exec():
             old = self.prefs
             self.prefs = dialog.value()
             self.prefs.save(self.settings)
+            if dialog.cache_budget_bytes() != self.controller.library.tokens.budget_bytes:
+                dropped = self.controller.library.set_cache_budget(dialog.cache_budget_bytes())
+                if dropped:
+                    self.statusBar().showMessage(f"Rerank cache trimmed: {dropped} photos will be encoded on demand.",
+                                                 8000)
             self.k_box.setValue(self.prefs.k)
             if (old.model, old.device) != (self.prefs.model, self.prefs.device):
                 self.controller.device = self.prefs.device

@@ -341,3 +341,23 @@ def test_gui_without_a_display_says_so(monkeypatch, capsys):
     assert main(["gui"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("picsift: picsift gui needs a desktop session") and "Traceback" not in err
+
+
+def test_preferences_persist_and_set_the_cache_budget(qtbot, make_window, monkeypatch, tmp_path):
+    from app.preferences import PreferencesDialog
+
+    window = make_window()
+
+    def accept(dialog):
+        dialog.k.setValue(9)
+        dialog.n.setValue(60)
+        dialog.cache.setValue(1.5)
+        return 1
+
+    monkeypatch.setattr(PreferencesDialog, "exec", accept)
+    window.edit_preferences()
+    assert window.k_box.value() == 9 and window.prefs.n == 60
+    assert window.controller.library.tokens.budget_bytes == int(1.5 * 1024**3)
+    assert window.controller.library.store.get_meta("cache_budget_bytes") == str(int(1.5 * 1024**3))
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    assert int(settings.value("n")) == 60 and int(settings.value("k")) == 9
