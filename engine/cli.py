@@ -219,10 +219,24 @@ def cmd_search(s: Session) -> int:
 
 
 def cmd_captions(s: Session) -> int:
-    from engine.search import Searcher
+    from tqdm import tqdm
+
+    from engine.captions import embed_collection, resolve_collection
+    from engine.search import Searcher, check_photo_file
 
     args = s.args
-    hits = Searcher(s.library, s.model).captions(args.image, n=args.n, k=args.k, collection=args.collection)
+    check_photo_file(args.image)
+    searcher = Searcher(s.library, s.model)
+    cid = resolve_collection(s.library, args.collection)
+    bar = None
+    for done, total in embed_collection(s.library, s.model, cid):  # a collection's first use embeds it
+        if bar is None and not args.quiet:
+            bar = tqdm(total=total, unit="caption", desc="Preparing captions (first use)", file=sys.stderr)
+        if bar is not None:
+            bar.update(done - bar.n)
+    if bar is not None:
+        bar.close()
+    hits = searcher.captions(args.image, n=args.n, k=args.k, collection=args.collection)
     _print_hits(args, hits[: max(args.n, 0)], "caption")
     return EXIT_OK
 

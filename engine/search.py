@@ -16,6 +16,12 @@ from engine.library import Library
 from engine.token_cache import format_for
 
 
+def check_photo_file(path: str) -> None:
+    """Raise ImageError at once when a photo named by the user does not exist."""
+    if not os.path.isfile(os.path.abspath(os.path.expanduser(path))):
+        raise ImageError(f"no such photo file: {path}")
+
+
 @dataclass(frozen=True)
 class Hit:
     id: int
@@ -158,8 +164,7 @@ class Searcher:
             cached = self.library.tokens.get_many([row.id])
             if row.id in cached:
                 return vec, cached[row.id], row.id
-        if not os.path.isfile(apath):
-            raise ImageError(f"no such photo file: {path}")
+        check_photo_file(path)
         try:
             photo = open_photo(apath, getattr(self.model, "image_size", None))
         except ImageError as exc:
