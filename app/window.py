@@ -304,7 +304,9 @@ class MainWindow(QMainWindow):
 
     def _on_search_update(self, _request: int, update) -> None:
         self.results.set_hits(update.hits)
-        if update.scored == 0 and update.hits and not self.grid.currentIndex().isValid():
+        # The current tile follows its photo while the rerank moves it (so a user's choice is kept);
+        # if the user is not in the grid, the current tile is the best result.
+        if update.hits and (update.done or not self.grid.currentIndex().isValid()) and not self.grid.hasFocus():
             self.grid.setCurrentIndex(self.results.index(0))
         if not update.hits:
             self.rerank_state.setText("no photos found")
