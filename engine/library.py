@@ -59,6 +59,8 @@ class Library:
         """Bind the library to a model for indexing; another model's vectors are dropped, never mixed."""
         old = self.store.model_id
         changed = self.store.set_model(model.model_id, model.dim)
+        if self._index is not None and self._index.dim != model.dim:
+            self._index = None  # the placeholder of a library that had no model yet
         if changed:
             self.tokens.clear()
             self._index = None
@@ -98,12 +100,15 @@ class Library:
         return self.rebuild_index()
 
     def rebuild_index(self) -> VectorIndex:
+        if not self.store.dim:
+            # No model has been bound yet, so there are no vectors and no dimension: an empty
+            # placeholder, replaced as soon as a model is attached.
+            self._index = VectorIndex.empty(1)
+            return self._index
         ids, vecs = self.store.vectors()
-        dim = self.store.dim or (vecs.shape[1] if vecs.size else 0)
-        vi = VectorIndex.build(ids, vecs, dim, exact_limit=self.exact_limit)
+        vi = VectorIndex.build(ids, vecs, self.store.dim, exact_limit=self.exact_limit)
         self._index = vi
-        if dim:
-            self.save_index()
+        self.save_index()
         return vi
 
     def save_index(self) -> None:

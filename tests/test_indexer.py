@@ -300,3 +300,11 @@ def test_rerank_cache_budget_is_kept_and_enforced(tmp_path, tiny_model, photo_fo
 
         hits = Searcher(lib, tiny_model).search("a dog", n=13, k=13)
         assert all(h.rerank_score is not None for h in hits)
+
+
+def test_a_library_without_a_model_yet_can_be_used_then_indexed(library, tiny_model, photo_folder):
+    assert library.index.ntotal == 0
+    assert library.remove_folder(str(photo_folder)) == 0
+    last, _ = run(library, tiny_model, [photo_folder])
+    assert last.embedded == 12 and library.index.dim == tiny_model.dim
+    consistent(library, all_photos(photo_folder))
