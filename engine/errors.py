@@ -39,7 +39,3 @@ class LibraryError(PicsiftError):
 
 class CollectionError(PicsiftError):
     """A caption collection cannot be imported or found."""
-
-
-class Cancelled(PicsiftError):
-    """A long job was cancelled by its caller."""

@@ -19,9 +19,19 @@ class ImageEncoding:
 
 class RetrievalModel(Protocol):
     model_id: str
-    dim: int
+    dim: int  # size of the BE vectors
     device: str
     precision: str
+    exact: bool  # fp32 asked for: caches keep full precision too
+    image_size: int  # the vision encoder's input side; JPEGs may decode at reduced scale down to it
+    image_batch_size: int
+    notices: list[str]  # things the user should be told (a fallback to the CPU, ...)
+
+    def preprocess(self, images: Sequence[Image.Image]):
+        """Model input pixels (a tensor) by the checkpoint's own processor; safe to call from threads."""
+
+    def encode_pixels(self, pixel_values) -> ImageEncoding:
+        """encode_images for pixels already preprocessed."""
 
     @property
     def token_shape(self) -> tuple[int, int]:
