@@ -11,7 +11,7 @@ import os
 from PySide6.QtCore import QObject, Signal
 
 from app.workers import GeneratorThread, call_generator
-from engine.captions import embed_collection, import_collection, resolve_collection
+from engine.captions import import_collection
 from engine.errors import ModelMismatchError
 from engine.indexer import index_folders
 from engine.library import Library
@@ -60,10 +60,6 @@ class Controller(QObject):
         thread.finished.connect(lambda t=thread: self._threads.discard(t))
         thread.start()
         return thread
-
-    @property
-    def busy(self) -> bool:
-        return any(t.isRunning() for t in self._threads)
 
     def shutdown(self, timeout_ms: int = 30000) -> None:
         """Cancel everything and wait for the workers (what is committed stays committed)."""
@@ -162,13 +158,10 @@ class Controller(QObject):
             self._drop.cancel()
         searcher = self.searcher
 
-        library, model = self.library, self.model
-
         def make(token):
             yield ("similar", searcher.similar(path, similar_n))
             # A collection's first use embeds all its captions: report that, it takes a while on a CPU.
-            cid = resolve_collection(library, collection)
-            for done, total in embed_collection(library, model, cid, batch=64):
+            for done, total in searcher.prepare_captions(collection):
                 yield ("preparing", (done, total))
                 if token.cancelled:
                     return

@@ -219,7 +219,7 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
                 yield Figure(f"query_ms_{label}_k20", round(_ms(full_query, repeat=3)), "ms",
                              "text query end to end: BE vector, FAISS top 20, CE over 20 cached candidates")
                 yield Figure("rss_mb", round(_rss_mb()), "MB", f"resident memory with the {label} index loaded")
-            del vectors, index
+            vectors = index = None  # free this size's arrays before the next, larger one
         lib.close()
     finally:
         tmp.cleanup()

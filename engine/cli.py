@@ -212,8 +212,9 @@ def cmd_search(s: Session) -> int:
     searcher = Searcher(s.library, s.model)
     t0 = time.perf_counter()
     hits = searcher.search(args.query, n=args.n, k=args.k, scope=args.scope)
-    _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
-               f"(reranked top {min(args.k, len(hits))})") if not args.json else None
+    if not args.json:
+        _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
+                   f"(reranked top {min(args.k, len(hits))})")
     _print_hits(args, hits, "photo")
     return EXIT_OK
 
@@ -221,15 +222,13 @@ def cmd_search(s: Session) -> int:
 def cmd_captions(s: Session) -> int:
     from tqdm import tqdm
 
-    from engine.captions import embed_collection, resolve_collection
     from engine.search import Searcher, check_photo_file
 
     args = s.args
     check_photo_file(args.image)
     searcher = Searcher(s.library, s.model)
-    cid = resolve_collection(s.library, args.collection)
     bar = None
-    for done, total in embed_collection(s.library, s.model, cid):  # a collection's first use embeds it
+    for done, total in searcher.prepare_captions(args.collection):
         if bar is None and not args.quiet:
             bar = tqdm(total=total, unit="caption", desc="Preparing captions (first use)", file=sys.stderr)
         if bar is not None:

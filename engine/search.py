@@ -59,6 +59,14 @@ def order_hits(candidates: Sequence[Hit], k: int, probs: dict[int, float]) -> li
     return [replace(h, rerank_score=probs.get(h.id), rank=i + 1) for i, h in enumerate(ordered)]
 
 
+def _final_hits(stream: Iterator[SearchUpdate]) -> list[Hit]:
+    """The order a stream of updates ends in."""
+    update = None
+    for update in stream:
+        pass
+    return update.hits if update else []
+
+
 class Searcher:
     """Queries against one library with the model its photos were embedded by."""
 
@@ -101,10 +109,7 @@ class Searcher:
         yield from self.rerank_stream(query, candidates, k, cancel)
 
     def search(self, query: str, n: int = 20, k: int = 20, scope: str | None = None) -> list[Hit]:
-        update = None
-        for update in self.search_stream(query, n, k, scope):
-            pass
-        return update.hits if update else []
+        return _final_hits(self.search_stream(query, n, k, scope))
 
     def rerank_stream(self, query: str, candidates: Sequence[Hit], k: int,
                       cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
@@ -180,7 +185,7 @@ class Searcher:
                         cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
         vec, tokens, _ = self.encode_photo(path)
         cid = resolve_collection(self.library, collection)
-        for _ in embed_collection(self.library, self.model, cid):
+        for _ in embed_collection(self.library, self.model, cid):  # nothing to do once prepared
             pass
         ids, texts, vecs = self.library.store.caption_vectors(cid)
         n = max(n, k)
@@ -195,8 +200,10 @@ class Searcher:
 
         return self._rerank(candidates, k, score, cancel)
 
+    def prepare_captions(self, collection: str | None = None, batch: int = 64) -> Iterator[tuple[int, int]]:
+        """Embed a caption collection's captions that have no vector yet (its first use), yielding
+        (done, total); nothing when it is ready. Callers show this as progress."""
+        yield from embed_collection(self.library, self.model, resolve_collection(self.library, collection), batch)
+
     def captions(self, path: str, n: int = 20, k: int = 20, collection: str | None = None) -> list[Hit]:
-        update = None
-        for update in self.captions_stream(path, n, k, collection):
-            pass
-        return update.hits if update else []
+        return _final_hits(self.captions_stream(path, n, k, collection))
