@@ -26,6 +26,27 @@ def _paths(result) -> list[str]:
     return sorted(f.path for f in result.files)
 
 
+def scan_within(root, seconds: float):
+    """scan(root) on a thread; its result, or None when it has not finished within seconds."""
+    results = []
+    worker = threading.Thread(target=lambda: results.append(scan(str(root))), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return results[0] if results else None
+
+
+def fail_scandir(monkeypatch, folder: str, error: OSError) -> None:
+    """Listing this one folder raises error; every other folder lists as usual."""
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == folder:
+            raise error
+        return real_scandir(path)
+
+    monkeypatch.setattr(scanner.os, "scandir", scandir)
+
+
 def _rel(root, result) -> list[str]:
     return sorted(os.path.relpath(f.path, root) for f in result.files)
 
@@ -96,17 +117,8 @@ def test_folder_link_back_to_its_parent_does_not_loop_or_duplicate(tmp_path):
     os.symlink(root / "sub", root / "sub" / "again")  # sub/again -> sub
     os.symlink("..", root / "sub" / "up")  # sub/up -> photos (relative)
 
-    done = threading.Event()
-    results = []
-
-    def run():
-        results.append(scan(str(root)))
-        done.set()
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    assert done.wait(10), "scan did not finish: it followed a folder link loop"
-    result = results[0]
+    result = scan_within(root, 10)
+    assert result is not None, "scan did not finish: it followed a folder link loop"
     assert _paths(result) == sorted([a, b])
     assert result.problems == []
     assert result.incomplete == []
@@ -194,14 +206,7 @@ def test_unreadable_subfolder_is_incomplete_and_reported(tmp_path, monkeypatch):
     make_photo(root / "locked" / "hidden-from-us.jpg", seed=2, fmt="JPEG")
     sibling = make_photo(root / "open" / "fine.jpg", seed=3, fmt="JPEG")
     locked = str(root / "locked")
-    real_scandir = os.scandir
-
-    def guarded_scandir(path="."):
-        if os.fspath(path) == locked:
-            raise PermissionError(13, "Permission denied", path)
-        return real_scandir(path)
-
-    monkeypatch.setattr(scanner.os, "scandir", guarded_scandir)
+    fail_scandir(monkeypatch, locked, PermissionError(13, "Permission denied", locked))
     result = scan(str(root))
 
     assert _paths(result) == sorted([top, sibling])
@@ -214,14 +219,7 @@ def test_unreadable_subfolder_is_incomplete_and_reported(tmp_path, monkeypatch):
 def test_unreadable_root_is_incomplete_and_reported(tmp_path, monkeypatch):
     root = tmp_path / "photos"
     make_photo(root / "a.jpg", seed=1, fmt="JPEG")
-    real_scandir = os.scandir
-
-    def guarded_scandir(path="."):
-        if os.fspath(path) == str(root):
-            raise PermissionError(13, "Permission denied", path)
-        return real_scandir(path)
-
-    monkeypatch.setattr(scanner.os, "scandir", guarded_scandir)
+    fail_scandir(monkeypatch, str(root), PermissionError(13, "Permission denied", str(root)))
     result = scan(str(root))
     assert result.files == []
     assert result.incomplete == [str(root)]
@@ -234,14 +232,7 @@ def test_folder_vanishing_during_the_scan_is_incomplete(tmp_path, monkeypatch):
     keep = make_photo(root / "keep.jpg", seed=1, fmt="JPEG")
     make_photo(root / "going" / "g.jpg", seed=2, fmt="JPEG")
     going = str(root / "going")
-    real_scandir = os.scandir
-
-    def vanishing_scandir(path="."):
-        if os.fspath(path) == going:
-            raise FileNotFoundError(2, "No such file or directory", path)
-        return real_scandir(path)
-
-    monkeypatch.setattr(scanner.os, "scandir", vanishing_scandir)
+    fail_scandir(monkeypatch, going, FileNotFoundError(2, "No such file or directory", going))
     result = scan(str(root))
     assert _paths(result) == [keep]
     assert going in result.incomplete
@@ -253,21 +244,12 @@ def test_fifo_named_like_a_photo_is_ignored_without_blocking(tmp_path):
     good = make_photo(root / "good.jpg", seed=1, fmt="JPEG")
     os.mkfifo(root / "photo.jpg")
 
-    done = threading.Event()
-    results = []
-
-    def run():
-        results.append(scan(str(root)))
-        done.set()
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    if not done.wait(10):
+    result = scan_within(root, 10)
+    if result is None:
         # Unblock a reader stuck on the FIFO so the thread can end, then fail.
         fd = os.open(root / "photo.jpg", os.O_WRONLY | os.O_NONBLOCK)
         os.close(fd)
         pytest.fail("scan blocked on a FIFO")
-    result = results[0]
     assert _paths(result) == [good]
     assert result.problems == []
 
