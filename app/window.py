@@ -7,7 +7,9 @@ import tempfile
 import time
 
 from PySide6.QtCore import QEvent, QSettings, QSize, Qt, QUrl
-from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication, QIcon, QImage, QKeySequence, QShortcut
+from PySide6.QtGui import (
+    QAction, QDesktopServices, QGuiApplication, QIcon, QImage, QKeySequence, QPixmap, QShortcut,
+)
 from PySide6.QtWidgets import (
     QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListView, QMainWindow, QMenu,
     QMessageBox, QProgressBar, QSpinBox, QStackedWidget, QVBoxLayout, QWidget,
@@ -29,6 +31,14 @@ EMPTY_TEXT = (
     "Drop a photo here to see the captions that describe it best and the most similar photos.</p>"
 )
 PAGE_EMPTY, PAGE_RESULTS, PAGE_DROP = 0, 1, 2
+
+
+def _local_paths(mime) -> list[str]:
+    return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime is not None else []
+
+
+def _is_photo(path: str) -> bool:
+    return os.path.isfile(path) and is_supported(path)
 
 
 class MainWindow(QMainWindow):
@@ -357,17 +367,24 @@ class MainWindow(QMainWindow):
         event.acceptProposedAction()
 
     def dropEvent(self, event) -> None:  # noqa: N802
-        mime = event.mimeData()
-        paths = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
         event.acceptProposedAction()
+        self.take(event.mimeData())
+
+    def take(self, mime) -> bool:
+        """A drop or a paste: local files or folders, else image data. False when it holds neither."""
+        paths = _local_paths(mime)
         if paths:
             self.handle_paths(paths)
-        elif mime.hasImage():
-            self.describe_image(QImage(mime.imageData()))
+        elif mime is not None and mime.hasImage():
+            data = mime.imageData()  # a QImage, or a QPixmap from some sources
+            self.describe_image(data.toImage() if isinstance(data, QPixmap) else QImage(data))
+        else:
+            return False
+        return True
 
     def handle_paths(self, paths: list[str]) -> None:
         folders = [p for p in paths if os.path.isdir(p)]
-        photos = [p for p in paths if os.path.isfile(p) and is_supported(p)]
+        photos = [p for p in paths if _is_photo(p)]
         if folders:
             names = "\n".join(folders)
             answer = QMessageBox.question(self, "Add folder", f"Add and index this folder?\n{names}")
@@ -393,22 +410,11 @@ class MainWindow(QMainWindow):
         mime = QGuiApplication.clipboard().mimeData()
         if mime is None:
             return False
-        if mime.hasImage():
-            return True
-        return any(u.isLocalFile() and (os.path.isdir(u.toLocalFile()) or is_supported(u.toLocalFile()))
-                   for u in mime.urls())
+        return mime.hasImage() or any(os.path.isdir(p) or _is_photo(p) for p in _local_paths(mime))
 
     def paste_image(self) -> None:
-        clip = QGuiApplication.clipboard()
-        mime = clip.mimeData()
-        if mime is not None and mime.hasUrls():
-            self.handle_paths([u.toLocalFile() for u in mime.urls() if u.isLocalFile()])
-            return
-        image = clip.image()
-        if image.isNull():
+        if not self.take(QGuiApplication.clipboard().mimeData()):
             self.statusBar().showMessage("The clipboard holds no image.", 5000)
-            return
-        self.describe_image(image)
 
     def describe_image(self, image: QImage) -> None:
         fd, path = tempfile.mkstemp(prefix="picsift-pasted-", suffix=".png")

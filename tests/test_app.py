@@ -361,3 +361,20 @@ def test_preferences_persist_and_set_the_cache_budget(qtbot, make_window, monkey
     assert window.controller.library.store.get_meta("cache_budget_bytes") == str(int(1.5 * 1024**3))
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
     assert int(settings.value("n")) == 60 and int(settings.value("k")) == 9
+
+
+def test_dropped_or_pasted_image_data_is_described(qtbot, make_window, monkeypatch):
+    from PySide6.QtGui import QColor, QImage, QPixmap
+
+    window = make_window()
+    described = []
+    monkeypatch.setattr(window, "describe", described.append)
+    image = QImage(40, 30, QImage.Format.Format_RGB32)
+    image.fill(QColor("red"))
+    for data in (image, QPixmap.fromImage(image)):  # sources hand over either kind
+        mime = QMimeData()
+        mime.setImageData(data)
+        assert window.take(mime)
+    assert len(described) == 2
+    assert all(QImage(p).size().width() == 40 for p in described)
+    assert window.take(QMimeData()) is False
