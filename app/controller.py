@@ -49,9 +49,7 @@ class Controller(QObject):
         self._index: GeneratorThread | None = None
         self._drop: GeneratorThread | None = None
         self._request = 0
-        self.query: str | None = None
-        self.candidates: list = []  # BE hits of the current query, in BE order
-        self.n = 20
+        self.session = None  # the engine's state of the current query (candidates, scores, scope)
 
     # ----- threads -------------------------------------------------------
     def _start(self, make, name: str) -> GeneratorThread:
@@ -103,19 +101,35 @@ class Controller(QObject):
         return self.model is not None
 
     # ----- search --------------------------------------------------------
+    @property
+    def query(self) -> str | None:
+        return self.session.query if self.session is not None else None
+
     def search(self, query: str, n: int, k: int, scope: str | None = None) -> int:
         """Start a search (cancelling the one in flight); returns its request id."""
         self.cancel_search()
         self._request += 1
         request = self._request
-        self.query, self.n, self.candidates = query, max(n, k), []
+        self.session = None
         if self.searcher is None:
             self.searchFailed.emit("The model is not loaded yet." if self.model is None else
                                    "Rescan the library (F5) before searching: its photos were embedded by another model.")
             return request
-        searcher = self.searcher
-        thread = self._start(lambda token: searcher.search_stream(query, max(n, k), k, scope, cancel=token),
-                             "picsift-search")
+        session = self.session = self.searcher.session(query, max(n, k), scope)
+        return self._stream(request, lambda token: session.stream(k, cancel=token), "picsift-search")
+
+    def rerank(self, k: int) -> int | None:
+        """A new rerank depth for the current query: the engine's session reranks its own candidates
+        (same query, same scope), widening them only when k asks for more."""
+        if self.session is None:
+            return None
+        self.cancel_search()
+        self._request += 1
+        session = self.session
+        return self._stream(self._request, lambda token: session.rerank(k, cancel=token), "picsift-rerank")
+
+    def _stream(self, request: int, make, name: str) -> int:
+        thread = self._start(make, name)
         thread.record.connect(lambda update, r=request: self._on_search(r, update))
         thread.failed.connect(self.searchFailed)
         self._search = thread
@@ -124,25 +138,7 @@ class Controller(QObject):
     def _on_search(self, request: int, update) -> None:
         if request != self._request:
             return  # a late update of a cancelled search
-        if update.scored == 0:
-            self.candidates = sorted(update.hits, key=lambda h: h.be_rank)
         self.searchUpdate.emit(request, update)
-
-    def rerank(self, k: int) -> int | None:
-        """Apply a new rerank depth to the current results without running the BE again when possible."""
-        if self.query is None or self.searcher is None:
-            return None
-        if k > len(self.candidates) and len(self.candidates) >= self.n:
-            return self.search(self.query, self.n, k)  # more candidates are needed than the BE gave
-        self.cancel_search()
-        self._request += 1
-        request = self._request
-        searcher, query, cands = self.searcher, self.query, list(self.candidates)
-        thread = self._start(lambda token: searcher.rerank_stream(query, cands, k, cancel=token), "picsift-rerank")
-        thread.record.connect(lambda update, r=request: self._on_search(r, update))
-        thread.failed.connect(self.searchFailed)
-        self._search = thread
-        return request
 
     def cancel_search(self) -> None:
         if self._search is not None:

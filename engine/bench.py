@@ -230,7 +230,8 @@ def _library_bytes(lib) -> tuple[int, int, int]:
     for conn in (lib.store.conn, lib.tokens.conn):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = lambda p: os.path.getsize(p) if os.path.exists(p) else 0  # noqa: E731
-    return size(lib.store.path), size(lib.tokens.path), size(lib.index_path)
+    key = lib.store.be_key
+    return size(lib.store.path), size(lib.tokens.path), size(lib.index_path(key)) if key else 0
 
 
 def _size_label(n: int) -> str:

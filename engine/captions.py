@@ -90,11 +90,13 @@ def resolve_collection(library: Library, name: str | None) -> int:
 
 
 def embed_collection(library: Library, model, collection_id: int, batch: int = 128) -> Iterator[tuple[int, int]]:
-    """Embed captions that have no vector yet, yielding (done, total)."""
-    missing = library.store.captions_missing_vectors(collection_id)
+    """Embed captions that have no vector of this model's bi-encoder yet, yielding (done, total)."""
+    key = model.be.key
+    library.store.register_model(key, "be", model.source, model.dim)
+    missing = library.store.captions_missing_vectors(collection_id, key)
     total = len(missing)
     for i in range(0, total, batch):
         chunk = missing[i : i + batch]
         vecs = model.embed_texts([t for _, t in chunk])
-        library.store.set_caption_vectors([cid for cid, _ in chunk], vecs)
+        library.store.set_caption_vectors(key, [cid for cid, _ in chunk], vecs)
         yield min(total, i + batch), total

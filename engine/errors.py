@@ -39,3 +39,11 @@ class LibraryError(PicsiftError):
 
 class CollectionError(PicsiftError):
     """A caption collection cannot be imported or found."""
+
+
+class LibraryDamagedError(LibraryError):
+    """The library database is damaged; the text says how to recover."""
+
+
+class LibraryReadOnlyError(LibraryError):
+    """A command that writes was asked of a library on a read-only disk (searching still works)."""

@@ -1,8 +1,9 @@
 """Indexing photo folders: a generator of progress records, checked for cancel between batches.
 
-Unchanged files (size, mtime) are skipped; a renamed or moved file is known by
-its content hash and keeps its vectors; a changed file is embedded again; a
-deleted one leaves the library. Each batch is one transaction, so an
+Unchanged files (size, mtime) are skipped. Vectors belong to content (a hash),
+so a renamed, moved or copied file reuses the vectors its content already has;
+a changed file is embedded again; a deleted one leaves the library. A photo is
+one row however many library folders hold it. Each batch is one transaction, so an
 interrupted run resumes where it stopped. Bad files are recorded with their
 reason and never stop the run.
 """
@@ -23,6 +24,7 @@ from engine.errors import ImageError
 from engine.imaging import decode, read_file
 from engine.jobs import CancelToken
 from engine.library import Library
+from engine.paths import normalize_path
 from engine.scanner import FileEntry, scan
 from engine.token_cache import FORMATS, format_for
 
@@ -35,6 +37,7 @@ class IndexProgress:
     current: str | None = None
     embedded: int = 0
     moved: int = 0
+    copies: int = 0  # new paths whose content the library already had embedded
     unchanged: int = 0
     removed: int = 0
     skipped: int = 0
@@ -50,7 +53,9 @@ class IndexProgress:
     def summary(self) -> str:
         parts = [f"{self.embedded} embedded", f"{self.moved} moved", f"{self.unchanged} unchanged",
                  f"{self.removed} removed", f"{self.skipped} skipped"]
-        if self.embedded == 0 and self.moved == 0 and self.phase == "done":
+        if self.copies:
+            parts.insert(2, f"{self.copies} copies")
+        if self.embedded == 0 and self.moved == 0 and self.copies == 0 and self.phase == "done":
             return "Nothing new to embed: " + ", ".join(parts[2:]) + "."
         return ", ".join(parts) + "."
 
@@ -60,11 +65,12 @@ class _Prepared:
     entry: FileEntry
     content_hash: str | None = None
     pixels: object = None  # model input tensor for one photo
+    image: object = None  # the decoded photo, for rerankers with a vision pass of their own
     width: int | None = None
     height: int | None = None
     error: str | None = None
-    maybe_moved: bool = False
-    same_content: bool = False
+    same_content: bool = False  # only the file time changed
+    known_content: bool = False  # the library has vectors for this content already (a move or a copy)
 
 
 def content_hash(data: bytes) -> str:
@@ -82,12 +88,14 @@ class Indexer:
         self.library = library
         self.store = library.store
         self.model = model
+        self.key = model.be.key
         self.cancel = cancel or CancelToken()
         self.batch_size = batch_size or getattr(model, "image_batch_size", 8)
         self.decode_threads = max(1, decode_threads)
         self.token_format = token_format
         # JPEGs may decode at reduced scale, still at least the model's input size.
         self.target_size = getattr(model, "image_size", None)
+        self._separate_rerankers = bool(getattr(model, "ce_source", None))
 
     # ----- the worker-thread part ------------------------------------------
     def _prepare(self, entry: FileEntry, known) -> _Prepared:
@@ -96,14 +104,16 @@ class Indexer:
             data = read_file(entry.path)
             prep.content_hash = content_hash(data)
             if known is not None and known.has_vector and known.hash == prep.content_hash:
-                prep.same_content = True  # only the time changed
+                prep.same_content = True
                 return prep
-            if known is None and self.store.moved_candidates(prep.content_hash):
-                prep.maybe_moved = True
+            if self.store.hashes_with_vectors(self.key, [prep.content_hash]):
+                prep.known_content = True
                 return prep
             photo = decode(data, self.target_size)
             prep.width, prep.height = photo.width, photo.height
             prep.pixels = self.model.preprocess([photo.image])[0]
+            if self._separate_rerankers:
+                prep.image = photo.image
         except ImageError as exc:
             prep.error = str(exc)
         except MemoryError:
@@ -116,26 +126,33 @@ class Indexer:
     def run(self, folders: Sequence[str]) -> Iterator[IndexProgress]:
         lib, store = self.library, self.store
         progress = IndexProgress("scanning")
-        if lib.attach_model(self.model):
-            progress.messages.append(lib.notices[-1])
-        lib.index  # load or rebuild it before this run changes the database
+        notice = lib.attach_model(self.model)
+        if notice:
+            progress.messages.append(notice)
+        lib.index_for(self.key)  # load or rebuild it before this run changes the database
         yield progress.snapshot()
 
         work: list[FileEntry] = []
         known: dict[str, object] = {}
         gone: list = []  # rows whose file was not found by the walk: deleted, or moved elsewhere
-        for folder in folders:
-            root = os.path.abspath(os.path.expanduser(folder))
+        seen: set[str] = set()  # across folders: a photo in nested library folders is one photo
+        roots = [normalize_path(f) for f in folders]
+        for root in roots:
             if not os.path.isdir(root):
                 msg = (f"Folder not found: {root}. Nothing under it was changed in the library."
                        if not os.path.exists(root) else f"Not a folder: {root}.")
                 progress.messages.append(msg)
                 continue
             store.add_folder(root)
+            if any(r != root and root.startswith(r.rstrip(os.sep) + os.sep) for r in roots if os.path.isdir(r)):
+                continue  # inside another folder of this run: walked with it
             result = scan(root)
-            rows = store.photos_under(root)
-            seen = set()
+            rows = store.photos_under(root, self.key)
+            walked = set()
             for entry in result.files:
+                walked.add(entry.path)
+                if entry.path in seen:
+                    continue
                 seen.add(entry.path)
                 row = rows.get(entry.path)
                 if row and row.size == entry.size and row.mtime_ns == entry.mtime_ns and (
@@ -148,15 +165,20 @@ class Indexer:
                 work.append(entry)
                 known[entry.path] = row
             for problem in result.problems:
+                walked.add(problem.path)
+                if problem.path in seen:
+                    continue
                 seen.add(problem.path)
                 old = rows.get(problem.path)
                 if old is None or old.error != problem.reason:
-                    store.save_photo(problem.path, 0, 0, None, None, None, None, error=problem.reason)
+                    with lib.changing(self.key) as vi:
+                        pid = store.save_photo(problem.path, 0, 0, None, None, None, error=problem.reason)
+                        vi.remove([pid])
                 progress.skipped += 1
                 progress.skipped_files.append((problem.path, problem.reason))
             incomplete = [d.rstrip(os.sep) + os.sep for d in result.incomplete]
             gone += [row for path, row in rows.items()
-                     if path not in seen and not any(path.startswith(d) for d in incomplete)]
+                     if path not in walked and not any(path.startswith(d) for d in incomplete)]
         progress.phase, progress.total = "indexing", len(work)
         yield progress.snapshot()
         progress.messages, progress.skipped_files = [], []
@@ -164,6 +186,11 @@ class Indexer:
         start = time.monotonic()
         pending: deque[Future] = deque()
         cancelled = False
+        self._gone_by_hash: dict[str, list] = {}  # content of rows whose file the walk did not find
+        for row in gone:
+            if row.hash and row.status == "ok":
+                self._gone_by_hash.setdefault(row.hash, []).append(row)
+        self._known_rows = {path for path, row in known.items() if row is not None}
         with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="picsift-decode") as pool:
             it = iter(work)
             lookahead = self.batch_size * 3
@@ -199,70 +226,98 @@ class Indexer:
 
         progress.phase = "finishing"
         if not cancelled:
-            # Rows whose file is gone and was not recognised at a new path: deleted photos.
+            # Rows whose file is gone: deleted photos (a moved one has its new row already).
             still = store.paths([row.id for row in gone])
             removed = [pid for pid, path in still.items() if not os.path.lexists(path)]
             if removed:
-                store.delete_photos(removed)
-                lib.tokens.delete(removed)
-                lib.index.remove(removed)
+                with lib.changing(self.key) as vi:
+                    store.delete_photos(removed)
+                    vi.remove(removed)
                 progress.removed = len(removed)
-            # Cache entries whose photo row is gone (a run killed between the two deletes).
-            orphans = lib.tokens.ids() - store.photo_ids()
-            if orphans:
-                lib.tokens.delete(orphans)
-        lib.save_index()
+            # Vectors and cached features of content no photo has any more.
+            store.sweep_vectors()
+            lib.tokens.keep_only(store.all_hashes())
+            done, readable = lib.coverage(self.key)
+            if store.be_key != self.key and done == readable:
+                lib.activate(self.model)
+                progress.messages.append(f"Search now uses '{self.model.source}'.")
+        lib.save_index(self.key)
         progress.phase = "cancelled" if cancelled else "done"
-        progress.messages = list(getattr(self.model, "notices", []))
+        progress.messages += list(getattr(self.model, "notices", []))
         yield progress.snapshot()
+
+    def _claim_moved(self, p: _Prepared) -> int | None:
+        """The row of a vanished file with this content, if one is left and this path has no row: a move."""
+        if p.entry.path in self._known_rows:
+            return None
+        rows = self._gone_by_hash.get(p.content_hash) or []
+        while rows:
+            row = rows.pop()
+            if not os.path.lexists(row.path):
+                return row.id
+        return None
 
     def _commit(self, batch: list[_Prepared], progress: IndexProgress) -> None:
         store, lib = self.store, self.library
-        to_embed = [p for p in batch if p.pixels is not None]
-        # A file thought moved whose old row was taken by an earlier copy is decoded here after all.
-        moves: list[tuple[_Prepared, int]] = []
+        to_embed: list[_Prepared] = []
+        by_hash: dict[str, _Prepared] = {}
         for p in batch:
-            if p.maybe_moved:
-                candidates = store.moved_candidates(p.content_hash)
-                if candidates:
-                    moves.append((p, candidates[0].id))
-                else:  # an earlier copy in this run took the old row: this one is a new photo
-                    p.__dict__.update(self._prepare(p.entry, None).__dict__)
-                    if p.pixels is not None:
-                        to_embed.append(p)
+            if p.pixels is None:
+                continue
+            if p.content_hash in by_hash:  # the same content twice in one batch: embed it once
+                p.known_content, p.pixels = True, None
+                continue
+            by_hash[p.content_hash] = p
+            to_embed.append(p)
         encoding = None
         if to_embed:
             import torch
 
-            encoding = self.model.encode_pixels(torch.stack([p.pixels for p in to_embed]))
-        new_ids: list[int] = []
-        with store.batch():
-            for p, photo_id in moves:
-                store.move_photo(photo_id, p.entry.path, p.entry.size, p.entry.mtime_ns)
-                progress.moved += 1
+            images = [p.image for p in to_embed] if self._separate_rerankers else None
+            encoding = self.model.encode_pixels(torch.stack([p.pixels for p in to_embed]), images)
+        with lib.changing(self.key) as vi:
+            if to_embed:
+                store.put_vectors(self.key, ((p.content_hash, encoding.vectors[i]) for i, p in enumerate(to_embed)))
+            reuse = [p for p in batch if p.known_content]
+            reused_vecs = store.vectors_by_hash(self.key, [p.content_hash for p in reuse])
+            new_ids, new_vecs = [], []
             for p in batch:
+                e = p.entry
                 if p.error is not None:
-                    store.save_photo(p.entry.path, p.entry.size, p.entry.mtime_ns, p.content_hash, None, None,
-                                     None, error=p.error)
+                    pid = store.save_photo(e.path, e.size, e.mtime_ns, p.content_hash, None, None, error=p.error)
+                    vi.remove([pid])  # a photo that became unreadable no longer has a vector
                     progress.skipped += 1
-                    progress.skipped_files.append((p.entry.path, p.error))
+                    progress.skipped_files.append((e.path, p.error))
                 elif p.same_content:
-                    row = store.photo(p.entry.path)
+                    row = store.photo(e.path, self.key)
                     if row:
-                        store.touch_photo(row.id, p.entry.size, p.entry.mtime_ns)
+                        store.touch_photo(row.id, e.size, e.mtime_ns)
                     progress.unchanged += 1
+                elif p.known_content:
+                    old = self._claim_moved(p)
+                    if old is not None:  # renamed or moved: the row keeps its id, FAISS its vector
+                        store.move_photo(old, e.path, e.size, e.mtime_ns)
+                        progress.moved += 1
+                        continue
+                    pid = store.save_photo(e.path, e.size, e.mtime_ns, p.content_hash, None, None)
+                    vec = reused_vecs.get(p.content_hash)
+                    if vec is None:
+                        vec = encoding.vectors[to_embed.index(by_hash[p.content_hash])]
+                    new_ids.append(pid)
+                    new_vecs.append(vec)
+                    progress.copies += 1
             for i, p in enumerate(to_embed):
-                new_ids.append(store.save_photo(p.entry.path, p.entry.size, p.entry.mtime_ns, p.content_hash,
-                                                p.width, p.height, encoding.vectors[i]))
+                e = p.entry
+                new_ids.append(store.save_photo(e.path, e.size, e.mtime_ns, p.content_hash, p.width, p.height))
+                new_vecs.append(encoding.vectors[i])
+            if new_ids:
+                vi.remove(new_ids)  # a changed photo keeps its id: replace its vector
+                vi.add(np.asarray(new_ids, np.int64), np.stack(new_vecs))
         progress.embedded += len(to_embed)
-        error_ids = [store.photo(p.entry.path).id for p in batch if p.error is not None]
         if encoding is not None:
-            lib.tokens.put_many(zip(new_ids, encoding.tokens), self.token_format)
-            lib.index.remove(new_ids)  # a changed photo keeps its id: replace its vector
-            lib.index.add(np.asarray(new_ids, np.int64), encoding.vectors)
-        if error_ids:  # a photo that became unreadable no longer has a vector
-            lib.tokens.delete(error_ids)
-            lib.index.remove(error_ids)
+            for stage_key, feats in encoding.features.items():
+                lib.tokens.put_many(stage_key, ((p.content_hash, feats[i]) for i, p in enumerate(to_embed)),
+                                    self.token_format)
 
 
 def index_folders(library: Library, model, folders: Sequence[str], cancel: CancelToken | None = None,

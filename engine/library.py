@@ -1,14 +1,17 @@
-"""A library folder: the SQLite truth, the rerank cache and the FAISS index derived from them."""
+"""A library folder: the SQLite truth, the rerank cache, and a FAISS index per bi-encoder derived from them."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from engine.errors import LibraryError, ModelMismatchError
-from engine.store import Store
+from engine.store import LEGACY_PREFIX, Store
 from engine.token_cache import DEFAULT_BUDGET_BYTES, TokenCache
 from engine.vector_index import EXACT_LIMIT, VectorIndex
 
@@ -18,23 +21,32 @@ log = logging.getLogger("picsift.library")
 class Library:
     DB_NAME = "library.db"
     CACHE_NAME = "rerank_cache.db"
-    INDEX_NAME = "photos.faiss"
+    LEGACY_INDEX_NAME = "photos.faiss"
 
     def __init__(self, folder: str | os.PathLike, cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
-                 exact_limit: int = EXACT_LIMIT):
+                 exact_limit: int = EXACT_LIMIT, create: bool = True):
         self.folder = Path(folder)
+        if not create and not (self.folder / self.DB_NAME).exists():
+            raise LibraryError(f"There is no picsift library at {self.folder} (index a folder to create one).")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LibraryError(f"cannot create the library folder {self.folder}: {exc.strerror or exc}") from exc
         self.store = Store(self.folder / self.DB_NAME)
+        self.read_only = self.store.read_only
         saved = self.store.get_meta("cache_budget_bytes")
-        self.tokens = TokenCache(self.folder / self.CACHE_NAME, int(saved) if saved else cache_budget_bytes)
-        self.index_path = self.folder / self.INDEX_NAME
+        self.tokens = TokenCache(self.folder / self.CACHE_NAME, int(saved) if saved else cache_budget_bytes,
+                                 read_only=self.read_only)
         self.exact_limit = exact_limit
-        self.notices: list[str] = []
-        self._index: VectorIndex | None = None
+        self.notices: list[str] = list(self.tokens.notices)
+        self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
+        if not self.read_only:
+            for name in (self.LEGACY_INDEX_NAME, "photos.json"):  # schema 1's index file: rebuilt per model now
+                try:
+                    (self.folder / name).unlink()
+                except FileNotFoundError:
+                    pass
 
     def close(self) -> None:
         self.tokens.close()
@@ -50,112 +62,214 @@ class Library:
         log.warning(msg)
         self.notices.append(msg)
 
-    # ----- model identity ------------------------------------------------
+    # ----- models ----------------------------------------------------------
     @property
     def model_id(self) -> str | None:
+        """The source of the model serving search (hub id or folder)."""
         return self.store.model_id
 
-    def attach_model(self, model) -> bool:
-        """Bind the library to a model for indexing; another model's vectors are dropped, never mixed."""
-        old = self.store.model_id
-        changed = self.store.set_model(model.model_id, model.dim)
-        if self._index is not None and self._index.dim != model.dim:
-            self._index = None  # the placeholder of a library that had no model yet
-        if changed:
-            self.tokens.clear()
-            self._index = None
-            self._drop_index_file()
-            self._notice(f"The library was indexed with '{old}'; its vectors are recomputed with '{model.model_id}'.")
-        return changed
+    def recognise(self, cascade) -> None:
+        """A schema-1 library's vectors and cache belong to this model when it has the same name and width:
+        keep them (no re-embedding)."""
+        legacy = f"{LEGACY_PREFIX}{cascade.source}/be"
+        if self.read_only or legacy not in {m["key"] for m in self.store.models()}:
+            return
+        if self.store.model_dim(legacy) not in (None, 0, cascade.dim):
+            return
+        self.store.rekey_model(legacy, cascade.be.key)
+        self.store.rekey_model(f"{LEGACY_PREFIX}{cascade.source}/ce", cascade.ce.key if cascade.ce else "")
+        self.store.register_model(cascade.be.key, "be", cascade.source, cascade.dim)
+        if cascade.ce is not None:
+            ids, _ = self.store.vectors(cascade.be.key)
+            self.tokens.adopt_v1(self.store.hashes(ids.tolist()), cascade.ce.key)
+        self.store.bump_generation()
 
-    def check_model(self, model) -> None:
+    def attach_model(self, cascade) -> str | None:
+        """Register a cascade's stages for indexing. Vectors of other models stay (the active one keeps serving
+        search until this one has embedded every photo). Returns a notice when search will switch."""
+        self.recognise(cascade)
+        self.store.register_model(cascade.be.key, "be", cascade.source, cascade.dim)
+        for r in cascade.rerankers:
+            self.store.register_model(r.key, "ce", r.name)
+        active = self.store.be_key
+        if active is None:
+            self.activate(cascade)
+            return None
+        if active != cascade.be.key:
+            msg = (f"The library is searched with '{self.store.model_id}'; its photos are now embedded with "
+                   f"'{cascade.source}' as well, which takes over search once every photo has its vector. "
+                   "Nothing of one model is mixed with the other's.")
+            self._notice(msg)
+            return msg
+        if (cascade.ce.key if cascade.ce else None) != self.store.ce_key:
+            self.activate(cascade)  # same BE, another CE: search reranks with it from now on
+        return None
+
+    def activate(self, cascade) -> None:
+        self.store.set_active(cascade.be.key, cascade.ce.key if cascade.ce else None, cascade.source,
+                              cascade.ce_source)
+
+    def coverage(self, key: str) -> tuple[int, int]:
+        """(photos with a vector of this BE, readable photos)."""
+        return self.store.count_photos(key), self.store.count_readable()
+
+    def check_model(self, cascade) -> None:
         """For searching: the query must be embedded by the model the photos were."""
-        if self.store.model_id and self.store.model_id != model.model_id and self.store.count_photos():
+        self.recognise(cascade)
+        key = cascade.be.key
+        done, readable = self.coverage(key)
+        if readable == 0 or key == self.store.be_key or done == readable:
+            return
+        active = self.store.model_id
+        if done == 0:
             raise ModelMismatchError(
-                f"This library was indexed with '{self.store.model_id}', not '{model.model_id}'. Search without "
-                "--model to use the library's model, or run 'picsift index' with the new model to re-embed."
-            )
+                f"This library was indexed with '{active}', not '{cascade.source}'. Search without --model to use "
+                f"the library's model, or run 'picsift index --model {cascade.source}' to embed its photos with it.")
+        raise ModelMismatchError(
+            f"'{cascade.source}' has embedded {done} of {readable} photos so far; run 'picsift index --model "
+            f"{cascade.source}' to finish, or search without --model to use '{active}'.")
 
     # ----- the FAISS index (derived) ---------------------------------------
+    def index_path(self, key: str) -> Path:
+        return self.folder / f"index-{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}.faiss"
+
     @property
     def index(self) -> VectorIndex:
-        with self._index_lock:
-            if self._index is None:
-                self._index = self._load_or_rebuild()
-            return self._index
+        """The index of the bi-encoder serving search."""
+        return self.index_for(self.store.be_key)
 
-    def _load_or_rebuild(self) -> VectorIndex:
-        generation = self.store.generation()
-        if self.index_path.exists():
+    def index_for(self, key: str | None) -> VectorIndex:
+        """The FAISS index of a bi-encoder, brought up to date with the database (another process may have
+        changed it): loaded from its file when that matches the database's generation, else rebuilt."""
+        with self._index_lock:
+            generation = self.store.generation()
+            vi = self._indexes.get(key or "")
+            if vi is not None and vi.generation == generation:
+                return vi
+            vi = self._load_or_rebuild(key, generation, reloading=vi is not None)
+            self._indexes[key or ""] = vi
+            return vi
+
+    def _load_or_rebuild(self, key: str | None, generation: int, reloading: bool) -> VectorIndex:
+        dim = self.store.model_dim(key) if key else None
+        if not dim:
+            # No model has vectors here yet: an empty placeholder, replaced when one is attached.
+            vi = VectorIndex.empty(1)
+            vi.generation = vi.saved_generation = generation
+            return vi
+        path = self.index_path(key)
+        if path.exists():
             try:
-                vi, meta = VectorIndex.load(self.index_path)
-                if meta.get("generation") == generation and meta.get("model_id") == self.store.model_id:
+                vi, meta = VectorIndex.load(path)
+                if meta.get("generation") == generation and meta.get("model_id") == key:
+                    vi.generation = vi.saved_generation = generation
                     return vi
                 reason = "it is older than the library"
             except (OSError, ValueError, KeyError) as exc:
-                reason = f"it could not be read ({exc})"
-            self._notice(f"Search index rebuilt from the library database: {reason}.")
-        elif self.store.count_photos():
+                reason = f"it could not be used ({exc})"
+            if not reloading:
+                self._notice(f"Search index rebuilt from the library database: {reason}.")
+        elif self.store.count_photos(key) and not reloading:
             self._notice("Search index file missing; rebuilt from the library database.")
-        return self.rebuild_index()
+        return self._build(key, generation, save=True)
 
-    def rebuild_index(self) -> VectorIndex:
-        if not self.store.dim:
-            # No model has been bound yet, so there are no vectors and no dimension: an empty
-            # placeholder, replaced as soon as a model is attached.
-            self._index = VectorIndex.empty(1)
-            return self._index
-        ids, vecs = self.store.vectors()
-        vi = VectorIndex.build(ids, vecs, self.store.dim, exact_limit=self.exact_limit)
-        self._index = vi
-        self.save_index()
+    def _build(self, key: str, generation: int, save: bool) -> VectorIndex:
+        ids, vecs = self.store.vectors(key)
+        vi = VectorIndex.build(ids, vecs, self.store.model_dim(key), exact_limit=self.exact_limit)
+        vi.generation, vi.saved_generation = generation, None
+        if save:
+            self._save(key, vi)
         return vi
 
-    def save_index(self) -> None:
-        vi = self._index
-        if vi is None or not self.store.model_id:
+    def rebuild_index(self, key: str | None = None) -> VectorIndex:
+        key = key or self.store.be_key
+        with self._index_lock:
+            vi = self._build(key, self.store.generation(), save=True) if key else VectorIndex.empty(1)
+            self._indexes[key or ""] = vi
+            return vi
+
+    def save_index(self, key: str | None = None) -> None:
+        """Write an index that changed since it was loaded, only when it matches the database exactly."""
+        key = key or self.store.be_key
+        with self._index_lock:
+            vi = self._indexes.get(key or "")
+            if vi is None or not key or vi.generation != self.store.generation():
+                return  # stale (another writer moved on): it is rebuilt on next use, never saved as current
+            if vi.saved_generation == vi.generation:
+                return  # nothing changed: the file on disk is this index
+            if (vi.kind == "flat" and vi.ntotal > self.exact_limit) or (
+                    vi.kind == "ivf" and vi.ntotal < self.exact_limit // 2):
+                vi = self._indexes[key] = self._build(key, vi.generation, save=False)
+            self._save(key, vi)
+
+    def _save(self, key: str, vi: VectorIndex) -> None:
+        if self.read_only:
             return
-        if (vi.kind == "flat" and vi.ntotal > self.exact_limit) or (vi.kind == "ivf" and vi.ntotal < self.exact_limit // 2):
-            ids, vecs = self.store.vectors()
-            vi = self._index = VectorIndex.build(ids, vecs, vi.dim, exact_limit=self.exact_limit)
         try:
-            vi.save(self.index_path, self.store.generation(), self.store.model_id)
+            vi.save(self.index_path(key), vi.generation, key)
+            vi.saved_generation = vi.generation
         except OSError as exc:  # the index is a cache: failing to save it loses nothing
             self._notice(f"Could not save the search index ({exc.strerror or exc}); it will be rebuilt next time.")
 
-    def _drop_index_file(self) -> None:
-        for p in (self.index_path, self.index_path.with_suffix(".json")):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+    @contextmanager
+    def changing(self, key: str | None) -> Iterator[VectorIndex | None]:
+        """One batch of changes to photos and vectors: the database transaction, and the same changes made
+        to the in-memory index of `key`, which then matches the new generation (or is marked stale)."""
+        vi = self.index_for(key) if key else None
+        try:
+            with self.store.batch():
+                before = self.store.generation()
+                yield vi
+                after = self.store.bump_generation()
+        except BaseException:
+            if vi is not None:
+                vi.generation = -1  # it may hold changes the database rolled back: rebuild on next use
+            raise
+        if vi is not None:
+            vi.generation = after if vi.generation == before else -1
 
+    # ----- maintenance -------------------------------------------------------
     def set_cache_budget(self, budget_bytes: int) -> int:
         """Keep a new rerank-cache budget with the library; returns how many cached photos it dropped."""
         self.store.set_meta("cache_budget_bytes", str(int(budget_bytes)))
         return self.tokens.set_budget(budget_bytes)
 
-    # ----- folders -------------------------------------------------------
     def remove_folder(self, path: str) -> int:
-        """Forget a library folder and its photos (the files are not touched); returns how many went."""
-        ids = self.store.remove_folder(os.path.abspath(path))
-        self.tokens.delete(ids)
-        self.index.remove(ids)
-        self.save_index()
+        """Forget a library folder and the photos no other library folder holds (files are not touched)."""
+        from engine.paths import normalize_path
+
+        key = self.store.be_key
+        with self.changing(key) as vi:
+            ids = self.store.remove_folder(normalize_path(path))
+            if vi is not None:
+                vi.remove(ids)
+        self.tokens.keep_only(self.store.all_hashes())
+        self.save_index(key)
         return len(ids)
 
     # ----- status --------------------------------------------------------
     def status(self) -> dict:
         errors = self.store.errors()
+        readable = self.store.count_readable()
+        models = []
+        for m in self.store.models():
+            if m["role"] == "be":
+                models.append({"key": m["key"], "name": m["name"], "photos": self.store.count_photos(m["key"]),
+                               "active": m["key"] == self.store.be_key})
+        ce = self.store.ce_key
         return {
             "library": str(self.folder),
             "model": self.store.model_id,
+            "ce_model": self.store.get_meta("ce_source"),
             "dim": self.store.dim,
             "photos": self.store.count_photos(),
+            "readable": readable,
+            "models": models,
             "folders": self.store.folders(),
             "skipped": len(errors),
             "errors": errors,
             "collections": self.store.collections(),
-            "rerank_cache": {"photos": self.tokens.count(), "bytes": self.tokens.size_bytes,
+            "read_only": self.read_only,
+            "rerank_cache": {"photos": self.tokens.count(ce) if ce else 0, "bytes": self.tokens.size_bytes,
                              "budget_bytes": self.tokens.budget_bytes},
         }

@@ -30,3 +30,19 @@ def cache_dir() -> Path:
     if env:
         return Path(env).expanduser().resolve() / "cache"
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)).resolve()
+
+
+def folder_bounds(folder: str) -> tuple[str, str]:
+    """(lo, hi) such that `lo <= path < hi` holds exactly for the paths under folder, compared as SQLite
+    compares text by default (binary): /data/Trip holds neither /data/trip nor /data/Trip2."""
+    root = folder.rstrip(os.sep) or os.sep
+    lo = root if root.endswith(os.sep) else root + os.sep
+    return lo, lo[:-1] + chr(ord(os.sep) + 1)
+
+
+def normalize_path(path: str | os.PathLike) -> str:
+    """One spelling of a path: user folder expanded, absolute, normalised, Unicode NFC (macOS hands out NFD)."""
+    import unicodedata
+
+    p = os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    return unicodedata.normalize("NFC", p)

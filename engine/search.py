@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
@@ -56,7 +57,9 @@ def order_hits(candidates: Sequence[Hit], k: int, probs: dict[int, float]) -> li
     scored = sorted((h for h in top if h.id in probs), key=lambda h: (-probs[h.id], h.be_rank))
     unscored = [h for h in top if h.id not in probs]
     ordered = scored + unscored + rest
-    return [replace(h, rerank_score=probs.get(h.id), rank=i + 1) for i, h in enumerate(ordered)]
+    in_top = {h.id for h in top}
+    return [replace(h, rerank_score=probs.get(h.id) if h.id in in_top else None, rank=i + 1)
+            for i, h in enumerate(ordered)]
 
 
 def _final_hits(stream: Iterator[SearchUpdate]) -> list[Hit]:
@@ -68,7 +71,7 @@ def _final_hits(stream: Iterator[SearchUpdate]) -> list[Hit]:
 
 
 class Searcher:
-    """Queries against one library with the model its photos were embedded by."""
+    """Queries against one library with the cascade its photos were embedded by."""
 
     first_batch = 1  # the first CE score comes alone, so a window can start reordering at once
     ce_chunk = 4
@@ -77,25 +80,33 @@ class Searcher:
         library.check_model(model)
         self.library = library
         self.model = model
+        self.key = model.be.key
 
     # ----- text -> photos --------------------------------------------------
+    def session(self, query: str, n: int = 20, scope: str | None = None) -> "SearchSession":
+        return SearchSession(self, query, n, scope)
+
     def retrieve(self, query: str, n: int = 20, scope: str | None = None) -> list[Hit]:
         """BE stage only: the top n photos by cosine."""
-        vec = self.model.embed_texts([query])
-        return self._photos_by_vector(vec, n, scope)
+        return self._photos_by_vector(self.model.embed_texts([query]), n, scope)
+
+    def scope_ids(self, scope: str | None) -> list[int] | None:
+        if not scope:
+            return None
+        from engine.paths import normalize_path
+
+        return self.library.store.ids_under(normalize_path(scope))
 
     def _photos_by_vector(self, vec: np.ndarray, n: int, scope: str | None = None,
                           exclude: int | None = None) -> list[Hit]:
         lib = self.library
-        if not lib.store.dim:
-            return []  # nothing indexed yet: no model has been bound to this library
-        allowed = None
-        if scope:
-            allowed = lib.store.ids_under(os.path.abspath(os.path.expanduser(scope)))
-            if not allowed:
-                return []
+        if not lib.store.model_dim(self.key):
+            return []  # nothing indexed with this model yet
+        allowed = self.scope_ids(scope)
+        if allowed is not None and not allowed:
+            return []
         want = n + (1 if exclude is not None else 0)
-        scores, ids = lib.index.search(vec, want, allowed_ids=allowed)
+        scores, ids = lib.index_for(self.key).search(vec, want, allowed_ids=allowed)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0 and i != exclude][:n]
         paths = lib.store.paths([i for i, _ in pairs])
         hits = [Hit(id=i, score=s, path=paths[i]) for i, s in pairs if i in paths]
@@ -104,9 +115,7 @@ class Searcher:
     def search_stream(self, query: str, n: int = 20, k: int = 20, scope: str | None = None,
                       cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
         """BE hits first, then one update per CE batch until the top k are reranked."""
-        n = max(n, k)
-        candidates = self.retrieve(query, n, scope)
-        yield from self.rerank_stream(query, candidates, k, cancel)
+        return self.session(query, n, scope).stream(k, cancel)
 
     def search(self, query: str, n: int = 20, k: int = 20, scope: str | None = None) -> list[Hit]:
         return _final_hits(self.search_stream(query, n, k, scope))
@@ -114,68 +123,83 @@ class Searcher:
     def rerank_stream(self, query: str, candidates: Sequence[Hit], k: int,
                       cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
         """CE over the first k of candidates (in BE order), reusing the rerank cache."""
+        return self._rerank(candidates, k, lambda chunk: self.score_photos(query, chunk), cancel, {})
 
-        def score(chunk: list[Hit]) -> dict[int, float]:
-            tokens = self.photo_tokens([h.id for h in chunk], {h.id: h.path for h in chunk})
-            ready = [h for h in chunk if h.id in tokens]  # a photo gone since indexing stays unscored
-            if not ready:
-                return {}
-            p = self.model.match_probs(query, np.stack([tokens[h.id] for h in ready]))
-            return {h.id: float(v) for h, v in zip(ready, p)}
+    def score_photos(self, query: str, chunk: Sequence[Hit]) -> dict[int, float]:
+        ce = self.model.ce
+        if ce is None:
+            return {}
+        tokens = self.photo_tokens([h.id for h in chunk], {h.id: h.path for h in chunk})
+        ready = [h for h in chunk if h.id in tokens]  # a photo gone since indexing stays unscored
+        if not ready:
+            return {}
+        p = ce.score(query, np.stack([tokens[h.id] for h in ready]))
+        return {h.id: float(v) for h, v in zip(ready, p)}
 
-        return self._rerank(candidates, k, score, cancel)
-
-    def _rerank(self, candidates: Sequence[Hit], k: int, score, cancel: CancelToken | None) -> Iterator[SearchUpdate]:
-        """Yield the BE order, then one update per CE chunk over the top k (the first chunk is one item)."""
+    def _rerank(self, candidates: Sequence[Hit], k: int, score, cancel: CancelToken | None,
+                probs: dict[int, float]) -> Iterator[SearchUpdate]:
+        """Yield the current order, then one update per CE chunk until the top k are scored (the first chunk
+        is one item). Scores already in `probs` are kept, not computed again."""
         candidates = sorted(candidates, key=lambda h: h.be_rank)
-        k = max(0, min(k, len(candidates)))
-        probs: dict[int, float] = {}
-        yield SearchUpdate(order_hits(candidates, k, probs), 0, k, done=k == 0)
-        start, size = 0, self.first_batch
-        while start < k:
+        k = max(0, min(k, len(candidates))) if self.model.ce is not None or probs else 0
+        todo = [h for h in candidates[:k] if h.id not in probs]
+        scored = k - len(todo)
+        yield SearchUpdate(order_hits(candidates, k, probs), scored, k, done=not todo)
+        size = self.first_batch
+        while todo:
             if cancel is not None and cancel.cancelled:
                 return
-            chunk = list(candidates[start : min(k, start + size)])
+            chunk, todo = todo[:size], todo[size:]
             probs.update(score(chunk))
-            start += len(chunk)
+            scored += len(chunk)
             size = self.ce_chunk
-            yield SearchUpdate(order_hits(candidates, k, probs), start, k, done=start >= k)
+            yield SearchUpdate(order_hits(candidates, k, probs), scored, k, done=not todo)
 
     def photo_tokens(self, ids: Sequence[int], paths: dict[int, str]) -> dict[int, np.ndarray]:
-        """CE image tokens from the rerank cache; photos not there are encoded now (and cached if room)."""
-        found = self.library.tokens.get_many(ids)
-        missing = [i for i in ids if i not in found]
+        """The CE's features of photos from the rerank cache; photos not there are encoded now and cached
+        (the least recently used entries make room when the cache is full)."""
+        ce = self.model.ce
+        hashes = self.library.store.hashes(ids)
+        cached = self.library.tokens.get_many(ce.key, hashes.values())
+        found = {i: cached[h] for i, h in hashes.items() if h in cached}
         images, ok = [], []
-        for i in missing:
+        for i in ids:
+            if i in found:
+                continue
             try:
                 images.append(open_photo(paths[i], getattr(self.model, "image_size", None)).image)
                 ok.append(i)
             except ImageError:
                 continue  # the file changed or vanished since indexing: it stays unscored
         if images:
-            enc = self.model.encode_images(images)
-            fresh = dict(zip(ok, enc.tokens))
-            self.library.tokens.put_many(fresh.items(), format_for(self.model))
+            feats = self.model.reranker_features(ce, images)
+            fresh = dict(zip(ok, feats))
+            self.library.tokens.put_many(ce.key, [(hashes[i], f) for i, f in fresh.items() if i in hashes],
+                                         format_for(self.model), evict=True)
             found.update(fresh)
         return found
 
     # ----- photo -> photos and captions -------------------------------------
-    def encode_photo(self, path: str) -> tuple[np.ndarray, np.ndarray, int | None]:
-        """(BE vector, CE tokens, library id or None) of any photo file; raises ImageError."""
-        apath = os.path.abspath(os.path.expanduser(path))
-        row = self.library.store.photo(apath)
+    def encode_photo(self, path: str) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        """(BE vector, CE features, library id or None) of any photo file; raises ImageError."""
+        from engine.paths import normalize_path
+
+        apath = normalize_path(path)
+        ce = self.model.ce
+        row = self.library.store.photo(apath, self.key)
         if row is not None and row.has_vector:
-            vec = self.library.store.vector(row.id)
-            cached = self.library.tokens.get_many([row.id])
-            if row.id in cached:
-                return vec, cached[row.id], row.id
+            vec = self.library.store.vector(row.id, self.key)
+            cached = self.library.tokens.get_many(ce.key, [row.hash]) if ce is not None else {}
+            if ce is None or row.hash in cached:
+                return vec, cached.get(row.hash), row.id
         check_photo_file(path)
         try:
             photo = open_photo(apath, getattr(self.model, "image_size", None))
         except ImageError as exc:
             raise ImageError(f"{path}: {exc}") from None
         enc = self.model.encode_images([photo.image])
-        return enc.vectors[0], enc.tokens[0], (row.id if row is not None and row.has_vector else None)
+        feats = enc.features.get(ce.key)[0] if ce is not None else None
+        return enc.vectors[0], feats, (row.id if row is not None and row.has_vector else None)
 
     def similar(self, path: str, n: int = 20) -> list[Hit]:
         vec, _, own_id = self.encode_photo(path)
@@ -187,7 +211,7 @@ class Searcher:
         cid = resolve_collection(self.library, collection)
         for _ in embed_collection(self.library, self.model, cid):  # nothing to do once prepared
             pass
-        ids, texts, vecs = self.library.store.caption_vectors(cid)
+        ids, texts, vecs = self.library.store.caption_vectors(cid, self.key)
         n = max(n, k)
         scores = vecs @ vec
         top = np.argsort(-scores, kind="stable")[:n]
@@ -195,10 +219,10 @@ class Searcher:
                       for r, j in enumerate(top)]
 
         def score(chunk: list[Hit]) -> dict[int, float]:
-            p = self.model.match_probs([h.text for h in chunk], np.repeat(tokens[None], len(chunk), axis=0))
+            p = self.model.ce.score([h.text for h in chunk], np.repeat(tokens[None], len(chunk), axis=0))
             return {h.id: float(v) for h, v in zip(chunk, p)}
 
-        return self._rerank(candidates, k, score, cancel)
+        return self._rerank(candidates, k, score, cancel, {})
 
     def prepare_captions(self, collection: str | None = None, batch: int = 64) -> Iterator[tuple[int, int]]:
         """Embed a caption collection's captions that have no vector yet (its first use), yielding
@@ -207,3 +231,45 @@ class Searcher:
 
     def captions(self, path: str, n: int = 20, k: int = 20, collection: str | None = None) -> list[Hit]:
         return _final_hits(self.captions_stream(path, n, k, collection))
+
+
+class SearchSession:
+    """One text query's state: its scope, the BE candidates and the CE scores so far.
+
+    `stream(k)` yields the current order, then reranks the top k; a later `stream(k2)` with a deeper k
+    scores only the candidates not scored yet, and widens the BE candidates (same query, same scope)
+    only when k2 asks for more than it has. The window keeps a session per query and shows what it yields.
+    """
+
+    def __init__(self, searcher: Searcher, query: str, n: int = 20, scope: str | None = None):
+        self.searcher = searcher
+        self.query = query
+        self.scope = scope
+        self.n = max(0, n)
+        self.candidates: list[Hit] = []
+        self.probs: dict[int, float] = {}
+        self._vector: np.ndarray | None = None
+        self._retrieved_n = -1
+        self._exhausted = False  # the BE gave fewer than asked: there are no more photos in scope
+        self._lock = threading.Lock()
+
+    def retrieve(self, n: int) -> list[Hit]:
+        """The BE candidates, at least n of them when the scope has that many (BE runs only when needed)."""
+        with self._lock:
+            if self._vector is None:
+                self._vector = self.searcher.model.embed_texts([self.query])
+            if n > self._retrieved_n and not (self._exhausted and self._retrieved_n >= 0):
+                self.candidates = self.searcher._photos_by_vector(self._vector, n, self.scope)
+                self._exhausted = len(self.candidates) < n
+                self._retrieved_n = n
+            return self.candidates
+
+    def stream(self, k: int, cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
+        self.n = max(self.n, k)
+        candidates = self.retrieve(self.n)
+        return self.searcher._rerank(candidates, k, lambda chunk: self.searcher.score_photos(self.query, chunk),
+                                     cancel, self.probs)
+
+    def rerank(self, k: int, cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
+        """Rerank to depth k on the same candidates (widened if k needs more): no new BE search."""
+        return self.stream(k, cancel)

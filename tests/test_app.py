@@ -108,14 +108,28 @@ def test_changing_k_reranks_without_a_new_be_search(qtbot, make_window, photo_fo
     assert all(h.rerank_score is None for h in first[-1].hits)
     calls = []
     searcher = window.controller.searcher
-    real = searcher.retrieve
-    monkeypatch.setattr(searcher, "retrieve", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real_faiss, real_text = searcher._photos_by_vector, searcher.model.be.embed_texts
+    monkeypatch.setattr(searcher, "_photos_by_vector", lambda *a, **k: calls.append("faiss") or real_faiss(*a, **k))
+    monkeypatch.setattr(searcher.model.be, "embed_texts", lambda *a, **k: calls.append("text") or real_text(*a, **k))
     updates = collect_updates(qtbot, window, lambda: window.k_box.setValue(8))
-    assert calls == []  # the BE step was not run again
+    assert calls == []  # the BE step (query vector, FAISS) was not run again
     final = updates[-1].hits
     assert all(h.rerank_score is not None for h in final[:8]) and all(h.rerank_score is None for h in final[8:])
     probs = [h.rerank_score for h in final[:8]]
     assert probs == sorted(probs, reverse=True)
+
+
+def test_deeper_rerank_keeps_the_folder_scope(qtbot, make_window, photo_folder):
+    """A rerank deeper than the candidates widens them in the engine's session: same query, same --in folder."""
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    controller, trips = window.controller, str(photo_folder / "trips")
+    first = collect_updates(qtbot, window, lambda: controller.search("a red car", n=2, k=0, scope=trips))
+    assert len(first[-1].hits) == 2
+    deeper = collect_updates(qtbot, window, lambda: controller.rerank(10))
+    hits = deeper[-1].hits
+    assert len(hits) == 6 and all(h.path.startswith(trips + "/") for h in hits)  # trips holds 6 of the 12
+    assert all(h.rerank_score is not None for h in hits)
 
 
 def test_a_new_query_cancels_the_one_in_flight(qtbot, make_window, photo_folder):
@@ -288,8 +302,11 @@ def test_enter_opens_a_result_and_the_context_menu_acts_on_it(qtbot, make_window
     assert QGuiApplication.clipboard().text() == current.path
     actions["Open Folder"]()
     assert opened[-1] == str(photo_folder / ("home" if "/home/" in current.path else "trips"))
+    failures = []
+    window.controller.dropFailed.connect(failures.append)
     with qtbot.waitSignal(window.controller.similarReady, timeout=30_000):
         actions["Find Similar"]()
+    assert failures == []
     assert window.pages.currentWidget() is window.drop_panel
 
 

@@ -177,7 +177,7 @@ def test_import_collection_stores_the_captions(library, tmp_path):
     assert cols["pets"]["captions"] == 3
     assert cols["pets"]["source"] == str(f.resolve())
     cid = library.store.collection_id("pets")
-    assert sorted(t for _, t in library.store.captions_missing_vectors(cid)) == ["a cat", "a dog", "a parrot"]
+    assert sorted(t for _, t in library.store.captions_missing_vectors(cid, "any-model")) == ["a cat", "a dog", "a parrot"]
 
 
 def test_reimporting_the_same_name_replaces_the_collection(library, tmp_path):
@@ -194,7 +194,7 @@ def test_reimporting_the_same_name_replaces_the_collection(library, tmp_path):
     assert cols["mine"]["captions"] == 2
     assert cols["other"]["captions"] == 1  # other collections are left alone
     cid = library.store.collection_id("mine")
-    assert sorted(t for _, t in library.store.captions_missing_vectors(cid)) == ["a cow", "a horse"]
+    assert sorted(t for _, t in library.store.captions_missing_vectors(cid, "any-model")) == ["a cow", "a horse"]
 
 
 def test_failed_import_leaves_the_existing_collection(library, tmp_path):
@@ -258,7 +258,7 @@ def test_embed_collection_fills_normalised_vectors_once(library, tiny_model, tmp
     steps = list(embed_collection(library, tiny_model, cid, batch=5))
     assert steps == [(5, 12), (10, 12), (12, 12)]
 
-    ids, got_texts, vecs = library.store.caption_vectors(cid)
+    ids, got_texts, vecs = library.store.caption_vectors(cid, tiny_model.be.key)
     assert len(ids) == len(got_texts) == 12
     assert sorted(got_texts) == sorted(texts)
     assert vecs.shape == (12, tiny_model.dim) and vecs.dtype == np.float32
@@ -266,11 +266,11 @@ def test_embed_collection_fills_normalised_vectors_once(library, tiny_model, tmp
     # Each stored vector is the model's embedding of its own caption, not a neighbour's.
     expected = tiny_model.embed_texts(got_texts)
     np.testing.assert_allclose(vecs, expected, atol=1e-5)
-    assert library.store.captions_missing_vectors(cid) == []
+    assert library.store.captions_missing_vectors(cid, tiny_model.be.key) == []
 
     # Nothing left to embed: a second call yields nothing and changes nothing.
     assert list(embed_collection(library, tiny_model, cid)) == []
-    ids2, texts2, vecs2 = library.store.caption_vectors(cid)
+    ids2, texts2, vecs2 = library.store.caption_vectors(cid, tiny_model.be.key)
     assert list(ids2) == list(ids) and texts2 == got_texts
     np.testing.assert_array_equal(vecs2, vecs)
 
@@ -280,6 +280,32 @@ def test_embed_collection_touches_only_its_own_collection(library, tiny_model, t
     import_collection(library, _write(tmp_path / "b.txt", "a tree\na car\na boat\n"), "b")
     ca, cb = library.store.collection_id("a"), library.store.collection_id("b")
     assert list(embed_collection(library, tiny_model, ca)) == [(2, 2)]
-    assert len(library.store.caption_vectors(ca)[0]) == 2
-    assert len(library.store.caption_vectors(cb)[0]) == 0
-    assert len(library.store.captions_missing_vectors(cb)) == 3
+    assert len(library.store.caption_vectors(ca, tiny_model.be.key)[0]) == 2
+    assert len(library.store.caption_vectors(cb, tiny_model.be.key)[0]) == 0
+    assert len(library.store.captions_missing_vectors(cb, tiny_model.be.key)) == 3
+
+
+def test_caption_vectors_belong_to_the_model_that_made_them(library, tiny_model, tmp_path, photo_folder):
+    """Captions prepared with one model (before any photo was indexed) are never read by another."""
+    from engine.indexer import index_folders
+    from engine.models import load_model
+    from engine.models.random_blip import build_random_blip
+    from engine.search import Searcher
+
+    other = load_model(str(build_random_blip(tmp_path / "other", "tiny", seed=3)), device="cpu")
+    f = _write(tmp_path / "pets.txt", "a dog on the beach\na cat on a sofa\na red car in the snow\n")
+    import_collection(library, f, "pets")
+    cid = library.store.collection_id("pets")
+    assert list(embed_collection(library, other, cid)) == [(3, 3)]
+    for _ in index_folders(library, tiny_model, [str(photo_folder)]):
+        pass
+    # The library's model has none of its own yet: the other model's vectors do not count.
+    assert len(library.store.captions_missing_vectors(cid, tiny_model.be.key)) == 3
+    photo = str(photo_folder / "home" / "photo_02.png")
+    hits = Searcher(library, tiny_model).captions(photo, n=3, k=0, collection="pets")
+    _, texts, vecs = library.store.caption_vectors(cid, tiny_model.be.key)
+    np.testing.assert_allclose(vecs, tiny_model.embed_texts(texts), atol=1e-5)
+    vec = library.store.vector(library.store.photo(photo).id)
+    assert [h.score for h in hits] == pytest.approx(sorted((vecs @ vec).tolist(), reverse=True), abs=1e-5)
+    _, _, other_vecs = library.store.caption_vectors(cid, other.be.key)  # still there, still its own
+    np.testing.assert_allclose(other_vecs, other.embed_texts(texts), atol=1e-5)

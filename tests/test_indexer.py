@@ -15,6 +15,7 @@ import pytest
 from conftest import make_photo
 from engine.indexer import index_folders
 from engine.jobs import CancelToken
+from engine.errors import ModelMismatchError
 from engine.library import Library
 
 
@@ -29,7 +30,7 @@ def consistent(library: Library, expected_paths=None):
     assert len(set(ids.tolist())) == len(ids)
     index_ids = faiss_ids(library)
     assert sorted(index_ids) == sorted(ids.tolist())
-    assert library.tokens.ids() <= set(ids.tolist())
+    assert library.tokens.hashes() <= library.store.all_hashes()
     if expected_paths is not None:
         paths = set(library.store.paths(ids.tolist()).values())
         assert paths == {str(p) for p in expected_paths}
@@ -106,12 +107,13 @@ def test_touched_but_same_content_is_not_embedded(library, tiny_model, photo_fol
 def test_deleted_file_leaves_library_index_and_cache(library, tiny_model, photo_folder):
     run(library, tiny_model, [photo_folder])
     path = str(photo_folder / "trips" / "photo_01.png")
-    pid = library.store.photo(path).id
+    row = library.store.photo(path)
     os.remove(path)
     last, _ = run(library, tiny_model, [photo_folder])
     assert last.removed == 1
     assert library.store.photo(path) is None
-    assert pid not in faiss_ids(library) and pid not in library.tokens.ids()
+    assert row.id not in faiss_ids(library) and row.hash not in library.tokens.hashes()
+    assert not library.store.vectors_by_hash(tiny_model.be.key, [row.hash])  # its vector went with it
     consistent(library, all_photos(photo_folder))
 
 
@@ -231,7 +233,7 @@ def test_kill_during_indexing_then_resume(tmp_path, tiny_model_dir, tiny_model):
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             con = sqlite3.connect(lib_dir / "library.db", timeout=1)
-            committed = con.execute("SELECT count(*) FROM photos WHERE embedding IS NOT NULL").fetchone()[0]
+            committed = con.execute("SELECT count(*) FROM vectors").fetchone()[0]
             con.close()
         except sqlite3.Error:
             committed = 0
@@ -250,20 +252,33 @@ def test_kill_during_indexing_then_resume(tmp_path, tiny_model_dir, tiny_model):
         consistent(lib, all_photos(folder))
 
 
-def test_another_model_recomputes_every_vector(library, tiny_model, photo_folder, tmp_path):
+def test_another_model_embeds_beside_the_first_then_takes_over_search(library, tiny_model, photo_folder, tmp_path):
     from engine.models import load_model
     from engine.models.random_blip import build_random_blip
+    from engine.search import Searcher
 
     run(library, tiny_model, [photo_folder])
     pid = library.store.photo(str(photo_folder / "home" / "photo_00.jpg")).id
     before = library.store.vector(pid).copy()
     other = load_model(str(build_random_blip(tmp_path / "other", "tiny", seed=1)), device="cpu")
-    last, records = run(library, other, [photo_folder])
-    assert last.embedded == 12
-    assert any("recomputed" in m for m in records[0].messages)
-    assert library.model_id == other.model_id
-    assert not np.allclose(library.store.vector(pid), before)
+    cancel = CancelToken()
+    gen = index_folders(library, other, [str(photo_folder)], cancel=cancel, batch_size=4)
+    records = [next(gen), next(gen), next(gen)]  # scanning, indexing, one batch of 4
+    assert any("as well" in m for m in records[0].messages)
+    # Half way: the first model still serves search, on its own vectors, with every photo.
+    assert library.model_id == tiny_model.model_id
+    assert len(Searcher(library, tiny_model).search("a dog", n=20, k=0)) == 12
+    with pytest.raises(ModelMismatchError, match="4 of 12"):
+        Searcher(library, other)
+    for _ in gen:
+        pass
+    assert library.model_id == other.model_id  # complete: the new model takes over
+    np.testing.assert_array_equal(library.store.vector(pid, tiny_model.be.key), before)  # nothing lost
+    assert not np.allclose(library.store.vector(pid, other.be.key), before)
+    assert library.index_for(other.be.key).ntotal == 12 and library.index.dim == other.dim
     consistent(library, all_photos(photo_folder))
+    again, _ = run(library, tiny_model, [photo_folder])  # back to the first: nothing to embed again
+    assert again.embedded == 0 and library.model_id == tiny_model.model_id
 
 
 @pytest.mark.parametrize("damage", ["missing", "stale", "corrupt"])
@@ -271,13 +286,14 @@ def test_index_file_is_rebuilt_from_the_database(tmp_path, tiny_model, photo_fol
     lib_dir = tmp_path / "lib"
     with Library(lib_dir) as lib:
         run(lib, tiny_model, [photo_folder])
-        assert lib.index_path.exists()
+        index_file = lib.index_path(lib.store.be_key)
+        assert index_file.exists()
         if damage == "stale":  # a later commit that the saved index never saw, as after kill -9
             lib.store.bump_generation()
     if damage == "missing":
-        (lib_dir / "photos.faiss").unlink()
+        index_file.unlink()
     elif damage == "corrupt":
-        (lib_dir / "photos.faiss").write_bytes(b"\0" * 100)
+        index_file.write_bytes(b"\0" * 100)
     with Library(lib_dir) as lib:
         assert lib.index.ntotal == 12
         assert lib.notices and "rebuilt" in lib.notices[0]

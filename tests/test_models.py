@@ -40,7 +40,7 @@ def _reference_scores(reference, image, text):
 
 
 def test_tokenizer_knows_real_words(tiny_model):
-    tokens = tiny_model.processor.tokenizer.tokenize("A dog runs on the beach")
+    tokens = tiny_model.be.ckpt.processor.tokenizer.tokenize("A dog runs on the beach")
     assert tokens == ["a", "dog", "runs", "on", "the", "beach"]
 
 
@@ -53,7 +53,7 @@ def test_be_and_ce_equal_reference_forward(tiny_model, reference, png_photos):
     np.testing.assert_allclose(np.linalg.norm(text_vecs, axis=1), 1.0, atol=1e-5)
     spread = []
     for qi, query in enumerate(QUERIES):
-        probs = tiny_model.match_probs(query, enc.tokens)
+        probs = tiny_model.match_probs(query, enc.features[tiny_model.ce.key])
         for pi, image in enumerate(images):
             cos, itm = _reference_scores(reference, image, query)
             assert float(text_vecs[qi] @ enc.vectors[pi]) == pytest.approx(cos, abs=1e-4)
@@ -65,7 +65,7 @@ def test_be_and_ce_equal_reference_forward(tiny_model, reference, png_photos):
 
 def test_ce_pairs_of_different_texts(tiny_model, reference, png_photos):
     image = Image.open(png_photos[0]).convert("RGB")
-    tokens = tiny_model.encode_images([image]).tokens
+    tokens = tiny_model.encode_images([image]).features[tiny_model.ce.key]
     probs = tiny_model.match_probs(QUERIES, np.repeat(tokens, len(QUERIES), axis=0))
     for q, p in zip(QUERIES, probs):
         assert float(p) == pytest.approx(_reference_scores(reference, image, q)[1], abs=1e-4)
@@ -77,13 +77,13 @@ def test_batching_does_not_change_results(tiny_model, png_photos):
     alone = [tiny_model.encode_images([im]) for im in images]
     for i, a in enumerate(alone):
         np.testing.assert_allclose(together.vectors[i], a.vectors[0], atol=1e-5)
-        np.testing.assert_allclose(together.tokens[i], a.tokens[0], atol=1e-4)
+        np.testing.assert_allclose(together.features[tiny_model.ce.key][i], a.features[tiny_model.ce.key][0], atol=1e-4)
 
 
 def test_token_shape_and_dim(tiny_model):
     enc = tiny_model.encode_images([Image.new("RGB", (50, 30), "red")])
     assert enc.vectors.shape == (1, tiny_model.dim)
-    assert enc.tokens.shape[1:] == tiny_model.token_shape
+    assert enc.features[tiny_model.ce.key].shape[1:] == tiny_model.ce.feature_shape
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
@@ -111,7 +111,7 @@ def test_unreachable_hub_fails_fast(monkeypatch):
 
 def test_out_of_memory_halves_batch_then_falls_back_to_cpu(tiny_model, monkeypatch):
     """Simulated GPU: the first calls raise out-of-memory; the work still completes."""
-    model = tiny_model
+    model = tiny_model.be.ckpt  # the checkpoint both stages run on
     calls = []
     real_device = model.device
 
@@ -122,9 +122,9 @@ def test_out_of_memory_halves_batch_then_falls_back_to_cpu(tiny_model, monkeypat
         return [np.full((b - a, 1), 1.0, np.float32)]
 
     monkeypatch.setattr(model, "device", "cuda")
-    monkeypatch.setattr(model, "_fall_back_to_cpu", lambda: setattr(model, "device", "cpu"))
+    monkeypatch.setattr(model, "fall_back_to_cpu", lambda: setattr(model, "device", "cpu"))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    (out,) = model._batched(8, 8, flaky)
+    (out,) = model.batched(8, 8, flaky)
     assert out.shape == (8, 1)
     assert calls[:4] == [8, 4, 2, 1]  # halved down to one, then the CPU took over
     assert model.device == "cpu" == real_device
@@ -138,7 +138,7 @@ def test_first_run_downloads_with_byte_progress(tiny_model_dir, tmp_path, monkey
 
     import huggingface_hub
 
-    import engine.models.blip as blip
+    import engine.models.registry as registry
 
     files = sorted(p.name for p in tiny_model_dir.iterdir())
     snapshot = tmp_path / "hub" / "snapshots" / "abc"
@@ -164,7 +164,7 @@ def test_first_run_downloads_with_byte_progress(tiny_model_dir, tmp_path, monkey
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    monkeypatch.setattr(blip, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(registry, "hub_reachable", lambda timeout=3.0: True)
     progress = []
     model = load_model("org/tiny-blip", device="cpu", on_download=lambda d, t, n: progress.append((d, t)))
     assert sorted(fetched) == files  # other frameworks' weights and docs are not fetched

@@ -48,7 +48,7 @@ def test_auto_keeps_fp32_compute_with_an_int8_rerank_cache(model_dir, tmp_path, 
     lib, model = build(tmp_path, model_dir, "auto", photos)
     try:
         assert model.precision == "fp32" and not model.exact
-        assert lib.tokens.conn.execute("SELECT DISTINCT fmt FROM tokens").fetchall() == [("int8",)]
+        assert lib.tokens.conn.execute("SELECT DISTINCT fmt FROM features").fetchall() == [("int8",)]
     finally:
         lib.close()
 
@@ -57,7 +57,7 @@ def test_default_path_keeps_ce_probabilities_and_top5_of_the_exact_path(model_di
     exact_lib, exact = build(tmp_path, model_dir, "fp32", photos)
     fast_lib, fast = build(tmp_path, model_dir, "auto", photos)
     try:
-        assert exact_lib.tokens.conn.execute("SELECT DISTINCT fmt FROM tokens").fetchall() == [("fp32",)]
+        assert exact_lib.tokens.conn.execute("SELECT DISTINCT fmt FROM features").fetchall() == [("fp32",)]
         queries = [f"{s} {p}" for s, p in itertools.product(SUBJECTS, PLACES)]
         same_top5, worst, probs = 0, 0.0, []
         for q in queries:

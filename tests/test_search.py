@@ -148,7 +148,7 @@ def test_captions_are_reranked_by_the_ce(indexed, tiny_model, photo_folder, tmp_
     assert updates[0].scored == 0 and last.done and last.scored == 5
     top = last.hits[:5]
     assert [h.rerank_score for h in top] == sorted((h.rerank_score for h in top), reverse=True)
-    tokens = tiny_model.encode_images([Image.open(photo).convert("RGB")]).tokens
+    tokens = tiny_model.encode_images([Image.open(photo).convert("RGB")]).features[tiny_model.ce.key]
     direct = tiny_model.match_probs([h.text for h in top], np.repeat(tokens, 5, axis=0))
     np.testing.assert_allclose([h.rerank_score for h in top], direct, atol=1e-4)
 
@@ -168,3 +168,34 @@ def test_an_empty_library_answers_with_no_hits(library, tiny_model, photo_folder
     assert searcher.search("a dog", n=5, k=5) == []
     assert searcher.similar(str(photo_folder / "home" / "photo_00.jpg"), n=3) == []
     assert len(searcher.captions(str(photo_folder / "home" / "photo_00.jpg"), n=3, k=3)) == 3
+
+
+def test_session_reranks_deeper_without_a_new_be_search_and_keeps_its_scope(indexed, tiny_model, photo_folder,
+                                                                           monkeypatch):
+    searcher = Searcher(indexed, tiny_model)
+    calls = {"text": 0, "faiss": 0, "ce": 0}
+    real_text, real_faiss, real_ce = tiny_model.be.embed_texts, searcher._photos_by_vector, tiny_model.ce.score
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += len(a[1]) if name == "ce" else 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(tiny_model.be, "embed_texts", count("text", real_text))
+    monkeypatch.setattr(searcher, "_photos_by_vector", count("faiss", real_faiss))
+    monkeypatch.setattr(tiny_model.ce, "score", count("ce", real_ce))
+    trips = str(photo_folder / "trips")
+    session = searcher.session("a dog on the beach", n=3, scope=trips)
+    assert len(list(session.stream(2))[-1].hits) == 3 and calls == {"text": 1, "faiss": 1, "ce": 2}
+    last = list(session.rerank(3))[-1]
+    assert calls == {"text": 1, "faiss": 1, "ce": 3}  # only the one not scored yet
+    assert all(h.rerank_score is not None for h in last.hits)
+    last = list(session.rerank(5))[-1]  # deeper than the candidates: widened, in the same folder
+    assert calls == {"text": 1, "faiss": 2, "ce": 5}
+    assert len(last.hits) == 5 and all(h.path.startswith(trips + "/") for h in last.hits)
+    last = list(session.rerank(50))[-1]  # the folder has 6: the BE is asked once more, then knows
+    list(session.rerank(60))
+    assert calls["faiss"] == 3 and len(last.hits) == 6 and calls["ce"] == 6
+    fresh = Searcher(indexed, tiny_model).search("a dog on the beach", n=6, k=6, scope=trips)
+    assert [h.id for h in last.hits] == [h.id for h in fresh]

@@ -1,9 +1,22 @@
-"""The one interface every retrieval model offers to the rest of the engine."""
+"""The stages a retrieval cascade is made of, and the cascade that runs them from one vision pass.
+
+A `BiEncoder` turns photos and texts into vectors (the fast first stage, searched
+with FAISS). A `Reranker` turns a photo into the features it keeps (for BLIP's
+cross-encoder: the vision encoder's image tokens) and scores a text against
+them. A checkpoint family (BLIP, ...) supplies one or both; a `Cascade` holds a
+bi-encoder and its rerankers, whichever checkpoints they came from.
+
+Every stage has a `key`: the identity of the checkpoint content it was made from
+plus its role. Everything a stage computes is stored under that key, so the
+vectors or features of one model are never compared with another's.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -11,40 +24,163 @@ from PIL import Image
 
 @dataclass
 class ImageEncoding:
-    """One vision pass: BE vectors (n, dim) float32 L2-normalised, and CE image tokens (n, T, H) float32."""
+    """One vision pass: BE vectors (n, dim) float32 L2-normalised, and each reranker's features by its key."""
 
     vectors: np.ndarray
-    tokens: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class RetrievalModel(Protocol):
-    model_id: str
-    dim: int  # size of the BE vectors
-    device: str
-    precision: str
-    exact: bool  # fp32 asked for: caches keep full precision too
-    image_size: int  # the vision encoder's input side; JPEGs may decode at reduced scale down to it
-    image_batch_size: int
-    notices: list[str]  # things the user should be told (a fallback to the CPU, ...)
-
-    def preprocess(self, images: Sequence[Image.Image]):
-        """Model input pixels (a tensor) by the checkpoint's own processor; safe to call from threads."""
-
-    def encode_pixels(self, pixel_values) -> ImageEncoding:
-        """encode_images for pixels already preprocessed."""
-
-    @property
-    def token_shape(self) -> tuple[int, int]:
-        """(number of image tokens, token width) of one photo, as the CE reads it."""
-
-    def encode_images(self, images: Sequence[Image.Image]) -> ImageEncoding:
-        """BE vectors and CE image tokens of photos, from one pass of the vision encoder."""
+class BiEncoder(Protocol):
+    key: str  # identity of the checkpoint content and the role: what its vectors are stored under
+    name: str  # the hub id or folder it was loaded from, for people
+    dim: int
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """BE vectors (n, dim) float32 L2-normalised of texts."""
 
-    def match_probs(self, texts: str | Sequence[str], tokens: np.ndarray) -> np.ndarray:
-        """CE match probability of each (text, image tokens) pair; one text is paired with every photo."""
+
+class Reranker(Protocol):
+    key: str
+    name: str
+    feature_shape: tuple[int, int]  # (tokens, width) of one photo's features
+
+    def score(self, texts: str | Sequence[str], features: np.ndarray) -> np.ndarray:
+        """Match probability of each (text, photo features) pair; one text is paired with every photo."""
+
+
+class VisionBackbone(Protocol):
+    """What a checkpoint runs on pixels; `encode_pixels` gives the BE vectors and the features of the
+    rerankers that share this pass (BLIP: one pass for both)."""
+
+    image_size: int
+    image_batch_size: int
+
+    def preprocess(self, images: Sequence[Image.Image]): ...
+
+    def encode_pixels(self, pixel_values, want: Sequence[str]) -> ImageEncoding: ...
+
+
+class SharedLock:
+    """Many users at once (forward passes on several threads), or one alone (moving a model to another
+    device after a GPU out-of-memory): a readers-writer lock."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Cascade:
+    """A bi-encoder and its rerankers (the first is the CE that search uses), with the vision pass(es)
+    that feed them. Built by `engine.models.registry.load_cascade`."""
+
+    def __init__(self, be: BiEncoder, be_backbone: VisionBackbone, rerankers: Sequence[tuple[Reranker, VisionBackbone]],
+                 source: str, ce_source: str | None = None, device: str = "cpu", device_reason: str = "",
+                 precision: str = "fp32", exact: bool = False, describe=None):
+        self.be = be
+        self._be_backbone = be_backbone
+        self._rerankers = list(rerankers)
+        self.source = source  # what to load it from next time (hub id or folder)
+        self.ce_source = ce_source  # a separately trained CE's source, None when the BE's checkpoint has it
+        self.device, self.device_reason, self.precision = device, device_reason, precision
+        self.exact = exact  # fp32 asked for: caches keep full precision too
+        self.notices: list[str] = []
+        self._describe = describe
+
+    # ----- the stages ------------------------------------------------------
+    @property
+    def rerankers(self) -> list[Reranker]:
+        return [r for r, _ in self._rerankers]
+
+    @property
+    def ce(self) -> Reranker | None:
+        return self._rerankers[0][0] if self._rerankers else None
+
+    @property
+    def dim(self) -> int:
+        return self.be.dim
+
+    @property
+    def model_id(self) -> str:
+        """The name people know the model by (the BE's source)."""
+        return self.source
+
+    @property
+    def image_size(self) -> int:
+        return max([self._be_backbone.image_size] + [b.image_size for _, b in self._rerankers])
+
+    @property
+    def image_batch_size(self) -> int:
+        return self._be_backbone.image_batch_size
 
     def describe_device(self) -> str:
-        """The device in use and why, for a status line."""
+        return self._describe() if self._describe else self.device
+
+    # ----- photos ----------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]):
+        """Model input pixels for the BE's vision pass (safe to call from decoding threads). Rerankers with a
+        vision pass of their own preprocess again from the images in `encode_images`."""
+        return self._be_backbone.preprocess(images)
+
+    def encode_pixels(self, pixel_values, images: Sequence[Image.Image] | None = None,
+                      features: bool = True) -> ImageEncoding:
+        """BE vectors, and (features=True) every reranker's features; rerankers sharing the BE's pass get
+        theirs from it, others need the images for a pass of their own."""
+        shared = [r.key for r, b in self._rerankers if b is self._be_backbone] if features else []
+        enc = self._be_backbone.encode_pixels(pixel_values, shared)
+        if features:
+            for r, b in self._rerankers:
+                if b is not self._be_backbone:
+                    if images is None:
+                        raise ValueError(f"the reranker {r.name} needs the images for its own vision pass")
+                    enc.features[r.key] = b.encode_pixels(b.preprocess(images), [r.key]).features[r.key]
+        return enc
+
+    def encode_images(self, images: Sequence[Image.Image]) -> ImageEncoding:
+        images = list(images)
+        if not images:
+            return ImageEncoding(np.zeros((0, self.dim), np.float32),
+                                 {r.key: np.zeros((0, *r.feature_shape), np.float32) for r in self.rerankers})
+        return self.encode_pixels(self.preprocess(images), images)
+
+    def reranker_features(self, reranker: Reranker, images: Sequence[Image.Image]) -> np.ndarray:
+        """One reranker's features of photos (a rerank of photos not in the cache), nothing else computed."""
+        for r, b in self._rerankers:
+            if r is reranker:
+                return b.encode_pixels(b.preprocess(list(images)), [r.key]).features[r.key]
+        raise ValueError(f"{reranker.name} is not a stage of this cascade")
+
+    # ----- texts -------------------------------------------------------------
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.be.embed_texts(texts)
+
+    def match_probs(self, texts: str | Sequence[str], features: np.ndarray) -> np.ndarray:
+        if self.ce is None:
+            raise ValueError("this model has no reranker")
+        return self.ce.score(texts, features)

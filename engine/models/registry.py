@@ -1,0 +1,163 @@
+"""Which module loads a checkpoint, found by the checkpoint's own config (`model_type`).
+
+A family module registers a loader that returns the stages its checkpoints
+supply (a bi-encoder, rerankers, or both); `load_cascade` puts a bi-encoder and
+rerankers together, from one checkpoint or two (a BE and a separately trained
+CE, the method's Sep+Coop). A second family is one new module and one line in
+FAMILY_MODULES.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import ModelNotFoundError
+
+log = logging.getLogger("picsift.models")
+
+DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
+
+# model_type in a checkpoint's config.json -> the module that registers its loader (imported on demand)
+FAMILY_MODULES = {"blip": "engine.models.blip"}
+
+_LOADERS: dict[str, Callable] = {}
+
+
+@dataclass
+class LoadOptions:
+    device: str
+    device_reason: str
+    precision: str
+    notices: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FamilyStages:
+    be: object | None  # a BiEncoder, or None when the family has no first stage
+    rerankers: list
+    backbone: object  # the VisionBackbone that feeds them
+    describe: Callable[[], str]
+
+
+def register(model_type: str):
+    def wrap(loader):
+        _LOADERS[model_type] = loader
+        return loader
+
+    return wrap
+
+
+def model_type_of(folder: str) -> str:
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(folder, f"config.json unreadable: {exc}", local=True) from exc
+    return str(cfg.get("model_type") or "")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers at all; offline, loading fails at once instead of retrying for minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:
+        host = "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def source_name(model_id: str) -> str:
+    """How a checkpoint is named for loading it again: a folder as an absolute path, a hub id as given."""
+    p = Path(model_id).expanduser()
+    return str(p.resolve()) if p.exists() else model_id
+
+
+def resolve_folder(model_id: str, on_download=None) -> str:
+    """The local folder of a checkpoint: a folder as it is, a hub id from the cache, downloaded on first use."""
+    name = source_name(model_id)
+    if Path(name).exists():
+        if not (Path(name) / "config.json").is_file():
+            raise ModelNotFoundError(name, "no config.json", local=True)
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception as local_exc:  # not in the cache (or not a valid id)
+        if not hub_reachable():
+            raise ModelNotFoundError(name, str(local_exc)) from local_exc
+    from engine.models.download import download
+
+    try:
+        return download(name, on_download)
+    except Exception as exc:  # hub errors of every kind mean: could not be fetched
+        raise ModelNotFoundError(name, str(exc)) from exc
+
+
+def is_cached(model_id: str) -> bool:
+    """Whether a checkpoint can be loaded without the network (a folder, or in the hub cache)."""
+    name = source_name(model_id)
+    if Path(name).exists():
+        return (Path(name) / "config.json").is_file()
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(name, local_files_only=True)
+        return True
+    except Exception:  # any failure means: not loadable offline
+        return False
+
+
+def load_stages(model_id: str, options: LoadOptions, on_download=None) -> FamilyStages:
+    from engine.models.identity import content_identity
+
+    folder = resolve_folder(model_id, on_download)
+    mtype = model_type_of(folder)
+    module = FAMILY_MODULES.get(mtype)
+    if module is None:
+        known = ", ".join(sorted(FAMILY_MODULES))
+        raise ModelNotFoundError(source_name(model_id), f"model type '{mtype}' is not supported (known: {known})",
+                                 local=True)
+    importlib.import_module(module)
+    return _LOADERS[mtype](folder, content_identity(folder), source_name(model_id), options)
+
+
+def load_cascade(model_id: str = DEFAULT_MODEL, ce_model: str | None = None, device: str | None = "auto",
+                 precision: str | None = "auto", on_download=None):
+    """The retrieval cascade of a checkpoint (or of a BE checkpoint and a separate CE one); raises
+    ModelNotFoundError."""
+    from engine.models.base import Cascade
+    from engine.models.device import pick_device, resolve_precision
+
+    dev, reason = pick_device(device)
+    prec = resolve_precision(precision, dev)
+    options = LoadOptions(dev, reason, prec)
+    main = load_stages(model_id, options, on_download)
+    if main.be is None:
+        raise ModelNotFoundError(source_name(model_id), "this checkpoint has no bi-encoder (first stage)", local=True)
+    rerankers = [(r, main.backbone) for r in main.rerankers]
+    if ce_model is not None:
+        other = load_stages(ce_model, options, on_download)
+        if not other.rerankers:
+            raise ModelNotFoundError(source_name(ce_model), "this checkpoint has no cross-encoder", local=True)
+        rerankers = [(r, other.backbone) for r in other.rerankers]
+    cascade = Cascade(main.be, main.backbone, rerankers, source=source_name(model_id),
+                      ce_source=source_name(ce_model) if ce_model else None, device=dev, device_reason=reason,
+                      precision=prec, exact=(precision or "auto").lower() == "fp32", describe=main.describe)
+    cascade.notices = options.notices  # fallbacks of any stage reach the same list
+    return cascade
