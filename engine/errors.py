@@ -39,3 +39,11 @@ class LibraryError(PicsiftError):
 
 class CollectionError(PicsiftError):
     """A caption collection cannot be imported or found."""
+
+
+class LibraryBusyError(LibraryError):
+    """Another process (or thread) holds the library's write lock; `holder` says who, when known."""
+
+    def __init__(self, message: str, holder=None):
+        super().__init__(message)
+        self.holder = holder
