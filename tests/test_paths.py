@@ -106,7 +106,7 @@ def test_folder_bounds_select_in_sqlite_exactly_what_is_under_says(folder, case_
     if not case_sensitive and folder in (P("Trip"), P("trip")):
         assert {P("trip", "g.jpg"), P("TRIP", "h.jpg"), P("Trip", "a.jpg")} <= got
     plan = " ".join(str(r) for r in db.execute(
-        f"EXPLAIN QUERY PLAN SELECT path FROM photos WHERE path >= ? AND path < ?", (lo, hi)))
+        "EXPLAIN QUERY PLAN SELECT path FROM photos WHERE path >= ? AND path < ?", (lo, hi)))
     assert "USING" in plan and "INDEX" in plan  # a range on the primary key, not a scan
 
 
