@@ -47,3 +47,11 @@ class LibraryDamagedError(LibraryError):
 
 class LibraryReadOnlyError(LibraryError):
     """A command that writes was asked of a library on a read-only disk (searching still works)."""
+
+
+class LibraryBusyError(LibraryError):
+    """Another process (or thread) holds the library's write lock; `holder` says who, when known."""
+
+    def __init__(self, message: str, holder=None):
+        super().__init__(message)
+        self.holder = holder

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from engine.errors import ImageError
+from engine.errors import ImageError, LibraryBusyError, LibraryReadOnlyError
 from engine.imaging import decode, read_file
 from engine.jobs import CancelToken
 from engine.library import Library
@@ -31,7 +31,7 @@ from engine.token_cache import FORMATS, format_for
 
 @dataclass
 class IndexProgress:
-    phase: str  # "scanning", "indexing", "finishing", "done" or "cancelled"
+    phase: str  # "waiting" (for another writer), "scanning", "indexing", "finishing", "done" or "cancelled"
     done: int = 0  # files of this run's work handled so far
     total: int = 0  # files this run has to look at (new, changed or not yet indexed)
     current: str | None = None
@@ -124,12 +124,36 @@ class Indexer:
 
     # ----- the generator --------------------------------------------------
     def run(self, folders: Sequence[str]) -> Iterator[IndexProgress]:
+        """Take the library's write lock (waiting, with a notice, while another writer holds it), then index."""
+        if self.library.read_only:
+            raise LibraryReadOnlyError(f"The library {self.library.folder} is read-only: searching works, "
+                                       "indexing needs write access to it.")
+        lock = self.library.write_lock("picsift index")
+        try:
+            held = lock.try_acquire()
+        except LibraryBusyError as busy:
+            waiting = IndexProgress("waiting", messages=[f"{busy} Waiting for it to finish..."])
+            yield waiting.snapshot()
+            while True:
+                if self.cancel.cancelled:
+                    yield IndexProgress("cancelled")
+                    return
+                try:
+                    held = lock.acquire(timeout=0.5)
+                    break
+                except LibraryBusyError:
+                    continue
+        with held:
+            yield from self._run(folders)
+
+    def _run(self, folders: Sequence[str]) -> Iterator[IndexProgress]:
         lib, store = self.library, self.store
         progress = IndexProgress("scanning")
         notice = lib.attach_model(self.model)
         if notice:
             progress.messages.append(notice)
-        lib.index_for(self.key)  # load or rebuild it before this run changes the database
+        if lib.verify_index(self.key):  # another writer left it short (or it was damaged): rebuilt
+            progress.messages.append(lib.notices[-1])
         yield progress.snapshot()
 
         work: list[FileEntry] = []

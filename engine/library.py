@@ -175,11 +175,39 @@ class Library:
 
     def _build(self, key: str, generation: int, save: bool) -> VectorIndex:
         ids, vecs = self.store.vectors(key)
-        vi = VectorIndex.build(ids, vecs, self.store.model_dim(key), exact_limit=self.exact_limit)
+        vi = VectorIndex.build(ids, vecs, self.store.model_dim(key), exact_limit=self.exact_limit,
+                               calibration_queries=self._text_queries(key) if len(ids) > self.exact_limit else None)
         vi.generation, vi.saved_generation = generation, None
         if save:
             self._save(key, vi)
         return vi
+
+    def _text_queries(self, key: str):
+        """Real text embeddings of this bi-encoder (a caption collection's), to calibrate an approximate index
+        where queries really sit (away from the photos: the modality gap); None when there are too few."""
+        best = None
+        for c in self.store.collections():
+            _, _, vecs = self.store.caption_vectors(c["id"], key)
+            if len(vecs) >= 200 and (best is None or len(vecs) > len(best)):
+                best = vecs
+        return best
+
+    def verify_index(self, key: str) -> bool:
+        """Check the index of `key` holds exactly the photos the database has vectors for; rebuild it when not.
+        Returns True when it had to be rebuilt."""
+        vi = self.index_for(key)
+        if vi.ntotal == len(self.store.vectors(key)[0]):
+            return False
+        self._notice("The search index did not match the library database; it was rebuilt.")
+        self.rebuild_index(key)
+        return True
+
+    # ----- writing ------------------------------------------------------------
+    def write_lock(self, command: str | None = None):
+        """The library's write lock: one writer at a time across processes; readers never take it."""
+        from engine.lock import LibraryLock
+
+        return LibraryLock(self.folder, command)
 
     def rebuild_index(self, key: str | None = None) -> VectorIndex:
         key = key or self.store.be_key
@@ -197,8 +225,9 @@ class Library:
                 return  # stale (another writer moved on): it is rebuilt on next use, never saved as current
             if vi.saved_generation == vi.generation:
                 return  # nothing changed: the file on disk is this index
-            if (vi.kind == "flat" and vi.ntotal > self.exact_limit) or (
-                    vi.kind == "ivf" and vi.ntotal < self.exact_limit // 2):
+            reason = vi.rebuild_reason(exact_limit=self.exact_limit)
+            if reason:
+                log.info("search index rebuilt: %s", reason)
                 vi = self._indexes[key] = self._build(key, vi.generation, save=False)
             self._save(key, vi)
 
@@ -239,7 +268,7 @@ class Library:
         from engine.paths import normalize_path
 
         key = self.store.be_key
-        with self.changing(key) as vi:
+        with self.write_lock("picsift: removing a folder").acquire(timeout=60), self.changing(key) as vi:
             ids = self.store.remove_folder(normalize_path(path))
             if vi is not None:
                 vi.remove(ids)

@@ -1,16 +1,23 @@
 """FAISS over the photo vectors: a derived cache of SQLite, keyed by photo row ids.
 
 Vectors are float32 and L2-normalised, so inner product is cosine. Small
-libraries get exact search (IndexIDMap2 over IndexFlatIP); above a size
-threshold an IVF index whose nprobe is calibrated at build time to keep
-recall@20 against exact search above a target.
+libraries get exact search ("IDMap2,Flat"); above a size threshold an
+"IVF{nlist},Flat" index whose nprobe is calibrated at build time so that
+recall@20 against exact search reaches a target on text-like queries.
+
+The saved index is a cache: `save` writes the index bytes and a small JSON
+description (generation, model key, checksum of the exact bytes, build
+facts) atomically, and `load` refuses with ValueError anything that does not
+check out, so the caller rebuilds from SQLite instead of searching garbage.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -19,67 +26,149 @@ import numpy as np
 
 EXACT_LIMIT = 50_000
 RECALL_TARGET = 0.97
+RECALL_K = 20
+# An IVF whose library grew past this many times the size its centroids were trained at is rebuilt:
+# its lists get long and unbalanced, so searches slow down and the calibrated nprobe no longer holds.
+GROWTH_FACTOR = 4
+CALIBRATION_QUERIES = 1000  # 500 left held-out recall 0.3 points under target in trials; 1000 met it
+# The shared direction of synthetic "text" queries: fixed so that builds are reproducible.
+GAP_SEED = 1729
+META_FORMAT = 2
+_MIN_POINTS_PER_LIST = 39  # fewer training points per centroid than this and k-means is unreliable (FAISS warns)
 
 
 class VectorIndex:
-    def __init__(self, index: faiss.Index, dim: int, kind: str, nprobe: int = 0):
+    """A FAISS index over photo vectors whose ids are SQLite row ids.
+
+    Attributes: ``index`` (the FAISS index), ``dim``, ``kind`` ("flat" or "ivf"), ``nprobe`` (IVF lists
+    probed per search; 0 for flat), ``trained_n`` (library size the IVF was trained at; 0 for flat),
+    ``exact_limit`` (the size threshold it was built with), ``calibration`` (how nprobe was chosen, or
+    None: a dict with ``queries`` "text" or "synthetic", ``count``, ``k``, ``target``, ``recall``).
+    Writes (add, remove, save) are serialised by ``lock``; searches take it too, as FAISS writes are not
+    safe beside searches.
+    """
+
+    def __init__(self, index: faiss.Index, dim: int, kind: str, nprobe: int = 0, *, trained_n: int = 0,
+                 exact_limit: int = EXACT_LIMIT, calibration: dict | None = None):
         self.index = index
         self.dim = dim
         self.kind = kind
         self.nprobe = nprobe
-        self.lock = threading.RLock()  # FAISS writes are not safe beside searches
+        self.trained_n = int(trained_n)
+        self.exact_limit = int(exact_limit)
+        self.calibration = calibration
+        self.lock = threading.RLock()
         if kind == "ivf":
             faiss.extract_index_ivf(index).nprobe = nprobe
 
     # ----- building ------------------------------------------------------
     @classmethod
-    def empty(cls, dim: int) -> "VectorIndex":
-        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), dim, "flat")
+    def empty(cls, dim: int, exact_limit: int = EXACT_LIMIT) -> "VectorIndex":
+        """An exact index with no vectors."""
+        return cls(_flat(dim), dim, "flat", exact_limit=exact_limit)
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int, exact_limit: int = EXACT_LIMIT,
-              recall_target: float = RECALL_TARGET, seed: int = 0) -> "VectorIndex":
+              recall_target: float = RECALL_TARGET, seed: int = 0,
+              calibration_queries: np.ndarray | None = None) -> "VectorIndex":
+        """Index `vectors` (n x dim, L2-normalised) under `ids` (SQLite row ids).
+
+        Up to `exact_limit` vectors: exact search. Above: IVF, with nprobe the smallest whose recall@20
+        against exact search reaches `recall_target` (with a margin for the sampling error) on
+        calibration queries. Pass `calibration_queries` (m x dim, for example the model's text
+        embeddings of a caption collection) to calibrate on real text queries; without them, queries
+        are synthesised from the library with `modality_gap_queries`. At most CALIBRATION_QUERIES of
+        them are used.
+        """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if len(ids) <= exact_limit:
-            vi = cls.empty(dim)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        n = len(ids)
+        if n <= exact_limit:
+            vi = cls.empty(dim, exact_limit=exact_limit)
             vi.add(ids, vectors)
             return vi
-        n = len(ids)
-        nlist = int(min(65536, max(64, 4 * math.sqrt(n))))
-        quantizer = faiss.IndexFlatIP(dim)
-        ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = vectors[rng.choice(n, size=min(n, nlist * 64), replace=False)]
-        ivf.train(sample)
-        ivf.add_with_ids(vectors, ids)
-        vi = cls(ivf, dim, "ivf", nprobe=1)
-        vi.nprobe = vi._calibrate(ids, vectors, recall_target, rng)
-        ivf.nprobe = vi.nprobe
+        if calibration_queries is not None:
+            queries = np.ascontiguousarray(calibration_queries, dtype=np.float32)
+            if queries.ndim != 2 or queries.shape[1] != dim or len(queries) == 0:
+                raise ValueError(f"calibration queries must be a non-empty m x {dim} array, not {queries.shape}")
+            if len(queries) > CALIBRATION_QUERIES:
+                queries = queries[rng.choice(len(queries), CALIBRATION_QUERIES, replace=False)]
+            queries = _normalized(queries)
+            query_kind = "text"
+        else:
+            queries = modality_gap_queries(vectors, min(n, CALIBRATION_QUERIES), seed=seed)
+            query_kind = "synthetic"
+        nlist = ivf_nlist(n)
+        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 64), replace=False))]
+        index.train(sample)
+        index.add_with_ids(vectors, ids)
+        vi = cls(index, dim, "ivf", nprobe=1, trained_n=n, exact_limit=exact_limit)
+        truth = _exact_ids(vectors, ids, queries, RECALL_K)
+        nprobe, recalls = vi._calibrate(queries, truth, recall_target)
+        vi.nprobe = nprobe
+        faiss.extract_index_ivf(index).nprobe = nprobe
+        vi.calibration = {"queries": query_kind, "count": int(len(queries)), "k": RECALL_K,
+                          "target": float(recall_target), "recall": round(float(recalls.mean()), 4)}
         return vi
 
-    def _calibrate(self, ids: np.ndarray, vectors: np.ndarray, target: float, rng: np.random.Generator,
-                   queries: int = 200) -> int:
-        """Smallest nprobe (doubling) whose recall@20 on perturbed library vectors reaches target."""
+    def _calibrate(self, queries: np.ndarray, truth: np.ndarray, target: float) -> tuple[int, np.ndarray]:
+        """Smallest nprobe whose recall on `queries` reaches target, and the per-query recalls there.
+
+        Recall only grows with nprobe (more lists, a superset of candidates), so double until it is
+        enough, then bisect. "Enough" is the mean minus two standard errors, so that other queries of
+        the same kind, not only these, reach the target.
+        """
         ivf = faiss.extract_index_ivf(self.index)
-        q = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)].copy()
-        # Text queries sit far from photo vectors (cosine 0.2-0.5 for BLIP), so calibrate on queries
-        # pushed well away from the data: noise of norm 1 to 3 per query (cosine 0.3 to 0.7 to the source).
-        noise = rng.normal(size=q.shape).astype(np.float32)
-        noise *= (rng.uniform(1.0, 3.0, size=(len(q), 1)) / np.linalg.norm(noise, axis=1, keepdims=True))
-        q += noise
-        faiss.normalize_L2(q)
-        exact = faiss.IndexFlatIP(self.dim)
-        exact.add(vectors)
-        _, truth_pos = exact.search(q, 20)
-        nprobe = 8
-        while True:
+
+        def recalls_at(nprobe: int) -> np.ndarray:
             ivf.nprobe = nprobe
-            _, got = self.index.search(q, 20)
-            recall = _recall(truth_pos, got, ids)
-            if recall >= target or nprobe >= ivf.nlist:
-                return nprobe
-            nprobe = min(ivf.nlist, nprobe * 2)
+            _, got = self.index.search(queries, RECALL_K)
+            return _recalls(truth, got)
+
+        def enough(r: np.ndarray) -> bool:
+            return r.mean() - 2 * r.std() / math.sqrt(len(r)) >= target
+
+        lo, hi = 0, 1  # lo fails (0 = nothing probed), hi is the candidate
+        r = recalls_at(hi)
+        while not enough(r) and hi < ivf.nlist:
+            lo, hi = hi, min(ivf.nlist, hi * 2)
+            r = recalls_at(hi)
+        best = r
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            r = recalls_at(mid)
+            if enough(r):
+                hi, best = mid, r
+            else:
+                lo = mid
+        return hi, best
+
+    def needs_rebuild(self, ntotal: int | None = None, exact_limit: int | None = None) -> bool:
+        """Whether a library of `ntotal` photos (default: the index's own count) wants a fresh build."""
+        return self.rebuild_reason(ntotal, exact_limit) is not None
+
+    def rebuild_reason(self, ntotal: int | None = None, exact_limit: int | None = None) -> str | None:
+        """Why the index no longer fits a library of `ntotal` photos, or None when it still does.
+
+        Flat: grown past `exact_limit`. IVF: grown past GROWTH_FACTOR times `trained_n`, or shrunk below
+        half of `exact_limit` (exact search is then fast and better). `exact_limit` defaults to the one
+        the index was built with.
+        """
+        n = self.ntotal if ntotal is None else int(ntotal)
+        limit = self.exact_limit if exact_limit is None else int(exact_limit)
+        if self.kind == "flat":
+            if n > limit:
+                return f"the library grew to {n:,} photos, past the {limit:,} searched exactly"
+            return None
+        if n < limit // 2:
+            return f"the library shrank to {n:,} photos, few enough to search exactly"
+        if n > GROWTH_FACTOR * max(1, self.trained_n):
+            return f"the library grew from {self.trained_n:,} photos to {n:,} since the index was trained"
+        return None
 
     # ----- updates and search -------------------------------------------
     @property
@@ -116,39 +205,162 @@ class VectorIndex:
             return self.index.search(q, n, params=params)
 
     # ----- persistence ---------------------------------------------------
-    def save(self, path: str | os.PathLike, generation: int, model_id: str) -> None:
-        """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    def describe(self) -> dict:
+        """What the index is, as saved beside it (without generation, model key and checksum)."""
+        return {"kind": self.kind, "dim": self.dim, "ntotal": self.ntotal, "nprobe": self.nprobe,
+                "nlist": int(faiss.extract_index_ivf(self.index).nlist) if self.kind == "ivf" else 0,
+                "trained_n": self.trained_n, "exact_limit": self.exact_limit, "calibration": self.calibration}
+
+    def save(self, path: str | os.PathLike, generation: int, model_key: str) -> dict:
+        """Write the index to `path` and its description to `path` with suffix ".json"; returns the description.
+
+        Each file is replaced atomically (a crash leaves the old file or the new one, never half of one),
+        and the description holds the sha256 of the exact index bytes, so a torn pair (new index, old
+        description, or the reverse) fails `load` instead of being used. The description holds
+        "generation" and "model_key" (also as "model_id", the name earlier readers used).
+        """
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         with self.lock:
-            faiss.write_index(self.index, str(tmp))
-        meta = {"generation": generation, "model_id": model_id, "kind": self.kind, "nprobe": self.nprobe,
-                "dim": self.dim, "ntotal": self.ntotal}
-        os.replace(tmp, path)
-        _write_atomic(path.with_suffix(".json"), json.dumps(meta))
+            data = faiss.serialize_index(self.index)
+            meta = self.describe()
+        meta.update({"format": META_FORMAT, "generation": generation, "model_key": model_key, "model_id": model_key,
+                     "size": int(data.nbytes), "checksum": "sha256:" + hashlib.sha256(data).hexdigest()})
+        _write_atomic(path, memoryview(data))
+        del data
+        _write_atomic(_meta_path(path), json.dumps(meta, indent=1).encode())
+        return meta
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["VectorIndex", dict]:
-        """Raises OSError or ValueError when the file is missing, unreadable or not ours."""
+        """Read an index written by `save`; returns it and its description.
+
+        Raises OSError when a file is missing or unreadable, and ValueError when the description is not
+        ours, the index bytes do not have the checksum the description names (flipped, truncated, or from
+        another save), or the index does not match its description.
+        """
         path = Path(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
         try:
-            index = faiss.read_index(str(path))
+            meta = json.loads(_meta_path(path).read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"index description is not readable: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+            raise ValueError("index description is of another format")
+        try:
+            algo, _, expected = str(meta["checksum"]).partition(":")
+            dim, ntotal, kind = int(meta["dim"]), int(meta["ntotal"]), str(meta["kind"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"index description is incomplete: {exc}") from exc
+        if algo != "sha256":
+            raise ValueError(f"unknown checksum {algo!r}")
+        data = np.fromfile(path, dtype=np.uint8)  # the bytes that are hashed are the bytes that are used
+        if data.nbytes != meta.get("size") or hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError("index file does not have the checksum of its description: damaged or from another save")
+        try:
+            index = faiss.deserialize_index(data)
         except RuntimeError as exc:
             raise ValueError(str(exc)) from exc
-        if index.d != meta["dim"] or index.ntotal != meta["ntotal"]:
+        del data
+        is_ivf = faiss.try_extract_index_ivf(index) is not None
+        if index.d != dim or index.ntotal != ntotal or kind != ("ivf" if is_ivf else "flat") or \
+                index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("index file does not match its description")
-        return cls(index, int(meta["dim"]), meta["kind"], int(meta.get("nprobe", 0))), meta
+        vi = cls(index, dim, kind, int(meta.get("nprobe", 0)), trained_n=int(meta.get("trained_n", 0)),
+                 exact_limit=int(meta.get("exact_limit", EXACT_LIMIT)), calibration=meta.get("calibration"))
+        return vi, meta
 
 
-def _recall(truth_pos: np.ndarray, got_ids: np.ndarray, ids_in_order: np.ndarray) -> float:
-    hits = 0
-    for t, g in zip(truth_pos, got_ids):
-        hits += len(set(ids_in_order[t[t >= 0]].tolist()) & set(g[g >= 0].tolist()))
-    return hits / max(1, truth_pos[truth_pos >= 0].size)
+def ivf_nlist(n: int) -> int:
+    """Number of IVF lists for n vectors: about 4 sqrt(n), at least 64, and few enough to train well."""
+    nlist = int(min(65536, max(64, 4 * math.sqrt(n))))
+    return max(1, min(nlist, n // _MIN_POINTS_PER_LIST))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def modality_gap_queries(vectors: np.ndarray, count: int, *, seed: int = 0, cosine: tuple[float, float] = (0.2, 0.5),
+                         gap_share: float = 0.5, gap_seed: int = GAP_SEED) -> np.ndarray:
+    """Synthetic text-like queries: library vectors moved across the modality gap.
+
+    A text embedding of a photo's content is not near the photo: BLIP's text-image cosines for a
+    matching pair are about 0.2 to 0.5, and text embeddings as a whole sit off to one side of the image
+    embeddings. So each query is a library vector plus a common offset (a fixed random direction, drawn
+    from `gap_seed`) plus its own random noise, normalised; the offset's length makes up `gap_share` of
+    the displacement at the top of `cosine`, and the noise brings each query's cosine to its source
+    vector to a value drawn uniformly from `cosine`. Queries of different `seed` and the same
+    `gap_seed` are held-out queries of the same kind.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    rng = np.random.default_rng(seed)
+    v = vectors[rng.choice(n, size=count, replace=count > n)].astype(np.float64)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    gap = np.random.default_rng(gap_seed).normal(size=dim)
+    lo, hi = cosine
+    gap *= math.sqrt(gap_share * (1.0 / hi**2 - 1.0)) / np.linalg.norm(gap)
+    target = rng.uniform(lo, hi, size=count)
+    moved = v + gap
+    # Noise orthogonal to both the source and the moved point, of the length that makes
+    # cos(query, source) = <v, moved> / sqrt(|moved|^2 + b^2) come out at the drawn target.
+    noise = rng.normal(size=(count, dim))
+    for basis in (v, moved - (moved * v).sum(1, keepdims=True) * v):
+        basis = basis / np.maximum(np.linalg.norm(basis, axis=1, keepdims=True), 1e-12)
+        noise -= (noise * basis).sum(1, keepdims=True) * basis
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    along = (moved * v).sum(1)
+    b2 = (along / target) ** 2 - (moved * moved).sum(1)
+    q = moved + np.sqrt(np.maximum(b2, 0.0))[:, None] * noise
+    return _normalized(q)
+
+
+def recall_at(index: "VectorIndex | faiss.Index", vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray,
+              k: int = RECALL_K) -> float:
+    """Mean recall@k of `index` against exact inner-product search over `vectors` (with `ids`)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, vectors.shape[1])
+    truth = _exact_ids(vectors, np.asarray(ids, dtype=np.int64), queries, k)
+    _, got = index.search(queries, k)
+    return float(_recalls(truth, got).mean())
+
+
+def _flat(dim: int) -> faiss.Index:
+    return faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32).copy()
+    faiss.normalize_L2(x)
+    return x
+
+
+def _exact_ids(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the exact top k per query (-1 where there are fewer than k vectors)."""
+    _, pos = faiss.knn(queries, vectors, min(k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
+    return np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+
+
+def _recalls(truth_ids: np.ndarray, got_ids: np.ndarray) -> np.ndarray:
+    """Per query: the share of the exact top ids that were found."""
+    out = np.empty(len(truth_ids))
+    for i, (t, g) in enumerate(zip(truth_ids, got_ids)):
+        t = t[t >= 0]
+        out[i] = len(np.intersect1d(t, g[g >= 0])) / len(t) if len(t) else 1.0
+    return out
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _write_atomic(path: Path, data) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
