@@ -34,6 +34,7 @@ class Controller(QObject):
     dropFailed = Signal(str)
     libraryChanged = Signal()
     notice = Signal(str)  # something the user should read, not an error
+    maintenanceDone = Signal(str)  # a folder removal or cache trim finished (its summary, may be empty)
 
     def __init__(self, library: Library, model_id: str | None, device: str = "auto", precision: str = "auto",
                  parent: QObject | None = None):
@@ -86,13 +87,17 @@ class Controller(QObject):
 
     def _on_model(self, model) -> None:
         self.model = model
-        self.searcher = None
         try:
             self.searcher = Searcher(self.library, model)
-        except ModelMismatchError:  # searching waits until the photos are embedded by this model
+        except ModelMismatchError:
+            # The photos are not embedded by this model yet. A model already loaded keeps serving search
+            # on its own vectors while a rescan embeds them with the new one; nothing is mixed.
+            if self.searcher is not None and self.searcher.model is model:
+                self.searcher = None
             self.modelReady.emit(model.describe_device())
+            keeps = " Search keeps using the current model until then." if self.searcher is not None else ""
             self.notice.emit(f"This library was indexed with another model ({self.library.model_id}); "
-                             "rescan it (F5) to embed its photos with the new one.")
+                             f"rescan it (F5) to embed its photos with the new one.{keeps}")
             return
         self.modelReady.emit(model.describe_device())
 
@@ -201,9 +206,12 @@ class Controller(QObject):
         return True
 
     def _on_index_done(self, completed: bool) -> None:
-        if self.model is not None and self.searcher is None:
-            self.searcher = Searcher(self.library, self.model)
-            self.modelReady.emit(self.model.describe_device())
+        if self.model is not None and (self.searcher is None or self.searcher.model is not self.model):
+            try:
+                self.searcher = Searcher(self.library, self.model)  # the new model covers every photo now
+                self.modelReady.emit(self.model.describe_device())
+            except ModelMismatchError:
+                pass  # a cancelled run: the model in use keeps serving search
         self.libraryChanged.emit()
         self.indexFinished.emit(completed)
 
@@ -219,7 +227,32 @@ class Controller(QObject):
         if self._index is not None:
             self._index.cancel()
 
-    def remove_folder(self, path: str) -> int:
-        count = self.library.remove_folder(path)
+    # ----- library upkeep, off the window's thread -----------------------------
+    def remove_folder(self, path: str) -> None:
+        """Forget a folder and its photos on a worker (it rewrites the index); `maintenanceDone` reports it."""
+        library = self.library
+
+        def job() -> str:
+            count = library.remove_folder(path)
+            return f"Removed {path} ({count} photos) from the library."
+
+        self._maintain(job)
+
+    def set_cache_budget(self, budget_bytes: int) -> None:
+        """Keep a new rerank-cache budget; trimming a large cache runs on a worker."""
+        library = self.library
+
+        def job() -> str:
+            dropped = library.set_cache_budget(budget_bytes)
+            return f"Rerank cache trimmed: {dropped} photos will be encoded on demand." if dropped else ""
+
+        self._maintain(job)
+
+    def _maintain(self, fn) -> None:
+        thread = self._start(call_generator(fn), "picsift-upkeep")
+        thread.record.connect(self._on_maintained)
+        thread.failed.connect(self.notice)
+
+    def _on_maintained(self, message: str) -> None:
         self.libraryChanged.emit()
-        return count
+        self.maintenanceDone.emit(message)

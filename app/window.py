@@ -152,6 +152,7 @@ class MainWindow(QMainWindow):
         c.dropFailed.connect(self._on_drop_failed)
         c.libraryChanged.connect(self.refresh_library)
         c.notice.connect(lambda msg: self.statusBar().showMessage(msg, 30000))
+        c.maintenanceDone.connect(lambda msg: msg and self.statusBar().showMessage(msg, 8000))
 
         geometry = settings.value("geometry")
         if geometry is not None:
@@ -239,8 +240,8 @@ class MainWindow(QMainWindow):
         answer = QMessageBox.question(self, "Remove folder",
                                       f"Remove {folder} from the library? The photos on disk are not touched.")
         if answer == QMessageBox.StandardButton.Yes:
-            n = self.controller.remove_folder(folder)
-            self.statusBar().showMessage(f"Removed {folder} ({n} photos) from the library.", 6000)
+            self.statusBar().showMessage(f"Removing {folder} from the library…")
+            self.controller.remove_folder(folder)
 
     # ----- model -----------------------------------------------------------
     def _on_download(self, done: int, total: int, name: str) -> None:
@@ -285,10 +286,7 @@ class MainWindow(QMainWindow):
             self.prefs = dialog.value()
             self.prefs.save(self.settings)
             if dialog.cache_budget_bytes() != self.controller.library.tokens.budget_bytes:
-                dropped = self.controller.library.set_cache_budget(dialog.cache_budget_bytes())
-                if dropped:
-                    self.statusBar().showMessage(f"Rerank cache trimmed: {dropped} photos will be encoded on demand.",
-                                                 8000)
+                self.controller.set_cache_budget(dialog.cache_budget_bytes())
             self.k_box.setValue(self.prefs.k)
             if (old.model, old.device) != (self.prefs.model, self.prefs.device):
                 self.controller.device = self.prefs.device

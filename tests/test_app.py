@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 
 import pytest
 
@@ -320,8 +321,14 @@ def test_folders_can_be_removed_and_captions_imported(qtbot, make_window, photo_
     window.refresh_library()
     assert window.drop_panel.collection.findText("mine") >= 0
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    window.remove_folder(str(photo_folder))
     lib = window.controller.library
+    threads = []
+    real = lib.remove_folder
+    monkeypatch.setattr(lib, "remove_folder", lambda p: threads.append(threading.current_thread()) or real(p))
+    with qtbot.waitSignal(window.controller.maintenanceDone, timeout=30_000) as done:
+        window.remove_folder(str(photo_folder))
+    assert threads and threads[0] is not threading.main_thread()  # the window's thread stays free
+    assert "12 photos" in done.args[0] and "12 photos" in window.statusBar().currentMessage()
     assert lib.store.count_photos() == 0 and lib.store.folders() == [] and lib.index.ntotal == 0
     assert window.size_label.text().startswith("0 photos")
     assert (photo_folder / "home" / "photo_00.jpg").exists()  # files on disk are not touched
@@ -372,7 +379,13 @@ def test_preferences_persist_and_set_the_cache_budget(qtbot, make_window, monkey
         return 1
 
     monkeypatch.setattr(PreferencesDialog, "exec", accept)
-    window.edit_preferences()
+    threads = []
+    lib = window.controller.library
+    real = lib.set_cache_budget
+    monkeypatch.setattr(lib, "set_cache_budget", lambda b: threads.append(threading.current_thread()) or real(b))
+    with qtbot.waitSignal(window.controller.maintenanceDone, timeout=30_000):
+        window.edit_preferences()
+    assert threads and threads[0] is not threading.main_thread()
     assert window.k_box.value() == 9 and window.prefs.n == 60
     assert window.controller.library.tokens.budget_bytes == int(1.5 * 1024**3)
     assert window.controller.library.store.get_meta("cache_budget_bytes") == str(int(1.5 * 1024**3))
