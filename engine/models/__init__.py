@@ -1,6 +1,7 @@
 """Retrieval models as stages: a bi-encoder and rerankers, found by each checkpoint's config."""
 
-from engine.models.base import BiEncoder, Cascade, ImageEncoding, Reranker
+from engine.models.cascade import Cascade
+from engine.models.stages import BiEncoder, ImageEncoding, Reranker
 from engine.models.registry import DEFAULT_MODEL, is_cached, load_cascade, source_name
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.errors import ModelNotFoundError
-from engine.models.base import ImageEncoding, SharedLock
+from engine.models.stages import ImageEncoding, SharedLock
 from engine.models.blip_ce import itm_logits
 from engine.models.blip_vision import vision_tokens
 from engine.models.device import is_out_of_memory

@@ -141,7 +141,7 @@ def load_cascade(model_id: str = DEFAULT_MODEL, ce_model: str | None = None, dev
                  precision: str | None = "auto", on_download=None):
     """The retrieval cascade of a checkpoint (or of a BE checkpoint and a separate CE one); raises
     ModelNotFoundError."""
-    from engine.models.base import Cascade
+    from engine.models.cascade import Cascade
     from engine.models.device import pick_device, resolve_precision
 
     dev, reason = pick_device(device)
