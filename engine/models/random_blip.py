@@ -46,6 +46,9 @@ PRESETS = {
     "base": dict(image_size=384, patch_size=16, vision_hidden=768, text_hidden=768, layers=12, heads=12, dim=256, vocab=30524),
 }
 
+BIAS_STD = 0.1  # random biases and LayerNorm shifts: zeros would hide a dropped bias term from every test
+NORM_GAIN_STD = 0.1  # LayerNorm gains 1 + N(0, 0.1): ones would hide a dropped or misplaced LayerNorm
+
 
 def build_vocab(size: int | None) -> dict[str, int]:
     tokens = SPECIAL + PUNCT + list(dict.fromkeys(w.lower() for w in WORDS))
@@ -56,7 +59,10 @@ def build_vocab(size: int | None) -> dict[str, int]:
 
 
 def build_random_blip(folder: str | Path, preset: str = "tiny", seed: int = 0, initializer_range: float = 0.3) -> Path:
-    """Write a random-weight BlipForImageTextRetrieval checkpoint with its processor into folder."""
+    """Write a random-weight BlipForImageTextRetrieval checkpoint with its processor into folder.
+
+    Weights are drawn with initializer_range; biases and LayerNorm parameters are random too.
+    """
     import torch
     from transformers import (
         BertTokenizerFast,
@@ -96,8 +102,30 @@ def build_random_blip(folder: str | Path, preset: str = "tiny", seed: int = 0, i
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = BlipForImageTextRetrieval(config).eval()
+    randomise_biases_and_norms(model, seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def randomise_biases_and_norms(model, seed: int = 0) -> None:
+    """Give every Linear/Conv bias and every LayerNorm gain and shift a seeded random value.
+
+    Hugging Face initialises biases to zero and LayerNorms to the identity; a trained model has
+    neither, and with them a computation that forgets a bias or a LayerNorm gives the same numbers
+    as the reference, so equivalence tests could not see the mistake.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(10_007 + seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                if module.weight is not None:
+                    module.weight.copy_(1.0 + NORM_GAIN_STD * torch.randn(module.weight.shape, generator=gen))
+                if module.bias is not None:
+                    module.bias.copy_(BIAS_STD * torch.randn(module.bias.shape, generator=gen))
+            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module.bias is not None:
+                module.bias.copy_(BIAS_STD * torch.randn(module.bias.shape, generator=gen))
