@@ -137,15 +137,22 @@ def test_a_new_query_cancels_the_one_in_flight(qtbot, make_window, photo_folder)
     window = make_window()
     index_and_wait(qtbot, window, [photo_folder])
     seen = []
-    window.controller.searchUpdate.connect(lambda r, u: seen.append(r))
-    window.search.setText("first query")
+    window.controller.searchUpdate.connect(lambda r, u: seen.append((r, u)))
+    window.search.setText("a dog on the beach")
     window.run_search()
-    window.search.setText("second query")
+    first = window.controller._search
+    window.search.setText("a red car at night")
     window.run_search()
-    qtbot.waitUntil(lambda: window.rerank_state.text().endswith("reranked"), timeout=30_000)
+    assert first.token.cancelled  # the first search's worker was told to stop
+    qtbot.waitUntil(lambda: bool(seen) and seen[-1][1].done, timeout=30_000)
+    qtbot.waitUntil(first.isFinished, timeout=30_000)
+    qtbot.wait(50)  # anything the first worker still sent has been delivered by now
     last_request = window.controller._request
-    assert seen and seen[-1] == last_request
-    assert window.controller.query == "second query"
+    assert {r for r, _ in seen} == {last_request}  # no update of the first query reached the window
+    expected = Searcher(window.controller.library, window.controller.model).search(
+        "a red car at night", n=window.prefs.n, k=window.k_box.value())
+    shown = [window.results.hit_at(window.results.index(r)).id for r in range(window.results.rowCount())]
+    assert shown == [h.id for h in expected]
 
 
 def test_dropping_a_photo_shows_captions_and_similar_photos(qtbot, make_window, photo_folder, tmp_path):
@@ -255,10 +262,15 @@ def test_keyboard_shortcuts_and_settings_persist(qtbot, make_window, tmp_path):
 
 def test_download_progress_shows_in_the_status_bar(qtbot, make_window):
     window = make_window()
+    assert window.isVisible() and not window.download_bar.isVisible()  # no bar without a download
     window.controller.downloadProgress.emit(300 * 1024 * 1024, 900 * 1024 * 1024, "model.safetensors")
-    assert window.download_bar.isVisible() or not window.isVisible()
+    assert window.download_bar.isVisible()
+    assert (window.download_bar.value(), window.download_bar.maximum()) == (300, 900)
     assert window.download_bar.format() == "300 of 900 MB"
     assert "model.safetensors" in window.device_label.text()
+    window.controller.modelReady.emit("CPU")  # the download ended and the model loaded
+    assert not window.download_bar.isVisible()
+    assert window.device_label.text() == "Model ready · CPU"
 
 
 def test_ctrl_v_in_the_search_field_pastes_a_photo(qtbot, make_window, photo_folder):

@@ -60,9 +60,12 @@ def test_index_then_nothing_to_do(library, tiny_model, photo_folder):
 
 def test_progress_records_count_up_with_rate(library, tiny_model, photo_folder):
     _, records = run(library, tiny_model, [photo_folder], batch_size=4)
-    indexing = [r for r in records if r.phase == "indexing"]
-    # copies are not kept by the generator (it reuses one record), so check the final counters
-    assert indexing and records[-1].done == 12 and records[-1].rate > 0
+    indexing = [r for r in records if r.phase == "indexing"]  # each record is a snapshot of its moment
+    assert [r.done for r in indexing] == [0, 4, 8, 12] and all(r.total == 12 for r in indexing)
+    assert indexing[0].rate == 0 and all(r.rate > 0 for r in indexing[1:])
+    assert all(r.eta_s > 0 for r in indexing[1:-1]) and indexing[-1].eta_s == 0
+    assert all(r.current for r in indexing[1:]) and len({r.current for r in indexing[1:]}) == 3
+    assert records[-1].phase == "done" and records[-1].done == 12
 
 
 def test_rename_and_move_keep_vectors(library, tiny_model, photo_folder):
@@ -122,8 +125,11 @@ def test_missing_root_folder_keeps_its_photos(library, tiny_model, photo_folder,
     moved_away = tmp_path / "unplugged"
     shutil.move(str(photo_folder), moved_away)
     last, records = run(library, tiny_model, [photo_folder])
-    assert last.removed == 0 and library.store.count_photos() == 12
-    assert any("Folder not found" in m for r in records for m in r.messages) or last.phase == "done"
+    assert last.phase == "done" and last.removed == 0 and last.embedded == 0
+    assert library.store.count_photos() == 12 and library.index.ntotal == 12 and library.tokens.count() == 12
+    messages = [m for r in records for m in r.messages]
+    assert messages == [f"Folder not found: {photo_folder}. Nothing under it was changed in the library."]
+    assert library.store.folders() == [str(photo_folder)]  # still a library folder, for when it comes back
 
 
 def write_bomb_png(path, width=100_000, height=100_000):

@@ -12,6 +12,8 @@ from PIL import Image
 from conftest import make_photo
 from engine.errors import ModelNotFoundError
 from engine.models import load_model
+from engine.models.blip_ce import itm_logits
+from engine.models.blip_vision import vision_tokens
 
 QUERIES = ["a dog runs on the beach", "two children play football in the park", "a red car on the street at night"]
 
@@ -30,13 +32,24 @@ def png_photos(tmp_path_factory):
     return [make_photo(folder / f"p{i}.png", seed=100 + i, size=(64 + 8 * i, 48)) for i in range(4)]
 
 
-def _reference_scores(reference, image, text):
+def _reference(reference, image, text) -> dict:
+    """Everything BlipForImageTextRetrieval's own forward computes for one (image, text) pair."""
     model, processor = reference
     inputs = processor(images=image, text=text, return_tensors="pt")
     with torch.no_grad():
-        cos = model(**inputs, use_itm_head=False).itm_score[0, 0].item()
-        itm = torch.softmax(model(**inputs, use_itm_head=True).itm_score, dim=-1)[0, 1].item()
-    return cos, itm
+        be = model(**inputs, use_itm_head=False)
+        ce = model(**inputs, use_itm_head=True)
+        image_vec = torch.nn.functional.normalize(model.vision_proj(be.last_hidden_state[:, 0, :]), dim=-1)
+        text_vec = torch.nn.functional.normalize(model.text_proj(be.question_embeds[:, 0, :]), dim=-1)
+    return dict(
+        inputs=inputs,
+        cos=be.itm_score[0, 0].item(),
+        tokens=be.last_hidden_state[0].numpy(),
+        image_vec=image_vec[0].numpy(),
+        text_vec=text_vec[0].numpy(),
+        logits=ce.itm_score[0].numpy(),
+        itm=torch.softmax(ce.itm_score, dim=-1)[0, 1].item(),
+    )
 
 
 def test_tokenizer_knows_real_words(tiny_model):
@@ -44,23 +57,56 @@ def test_tokenizer_knows_real_words(tiny_model):
     assert tokens == ["a", "dog", "runs", "on", "the", "beach"]
 
 
+def test_test_model_has_random_biases_and_layer_norms(reference):
+    """Zero biases and identity LayerNorms would let a fast path that drops either pass every test below."""
+    model, _ = reference
+    biases = [m.bias for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(biases) > 20 and len(norms) > 10
+    assert all(bool((b != 0).all()) for b in biases)
+    assert all(bool((n.weight != 1).all() and (n.bias != 0).all()) for n in norms)
+    assert torch.cat(biases).std() > 0.05 and torch.cat([n.weight - 1 for n in norms]).std() > 0.05
+
+
 def test_be_and_ce_equal_reference_forward(tiny_model, reference, png_photos):
+    """Image tokens, both vectors, both ITM logits and the final scores, each against the reference."""
     images = [Image.open(p).convert("RGB") for p in png_photos]
     enc = tiny_model.encode_images(images)
     text_vecs = tiny_model.embed_texts(QUERIES)
     assert enc.vectors.dtype == np.float32 and text_vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(enc.vectors, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(text_vecs, axis=1), 1.0, atol=1e-5)
-    spread = []
+    spread, logits_seen = [], []
     for qi, query in enumerate(QUERIES):
         probs = tiny_model.match_probs(query, enc.features[tiny_model.ce.key])
         for pi, image in enumerate(images):
-            cos, itm = _reference_scores(reference, image, query)
-            assert float(text_vecs[qi] @ enc.vectors[pi]) == pytest.approx(cos, abs=1e-4)
-            assert float(probs[pi]) == pytest.approx(itm, abs=1e-4)
-            spread.append(itm)
+            ref = _reference(reference, image, query)
+            np.testing.assert_allclose(enc.features[tiny_model.ce.key][pi], ref["tokens"], atol=1e-4)
+            np.testing.assert_allclose(enc.vectors[pi], ref["image_vec"], atol=1e-5)
+            np.testing.assert_allclose(text_vecs[qi], ref["text_vec"], atol=1e-5)
+            with torch.no_grad():
+                logits = itm_logits(tiny_model.be.ckpt.model, ref["inputs"]["input_ids"], ref["inputs"]["attention_mask"],
+                                    torch.as_tensor(enc.features[tiny_model.ce.key][pi : pi + 1]))[0].numpy()
+            np.testing.assert_allclose(logits, ref["logits"], atol=1e-4)
+            assert float(text_vecs[qi] @ enc.vectors[pi]) == pytest.approx(ref["cos"], abs=1e-4)
+            assert float(probs[pi]) == pytest.approx(ref["itm"], abs=1e-4)
+            spread.append(ref["itm"])
+            logits_seen.append(ref["logits"])
     # The random model must tell pairs apart, or the comparison above proves little.
     assert max(spread) - min(spread) > 0.05
+    logits_seen = np.array(logits_seen)
+    assert (logits_seen.max(axis=0) - logits_seen.min(axis=0) > 0.1).all()  # both columns vary, not only their difference
+
+
+def test_vision_tokens_equal_the_reference_vision_model(reference, png_photos):
+    """The fused-attention vision encoder against BlipVisionModel on the same pixels, batch of four."""
+    model, processor = reference
+    pixels = processor(images=[Image.open(p).convert("RGB") for p in png_photos], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.vision_model(pixel_values=pixels).last_hidden_state
+        got = vision_tokens(model.vision_model, pixels)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 
 
 def test_ce_pairs_of_different_texts(tiny_model, reference, png_photos):
@@ -68,7 +114,7 @@ def test_ce_pairs_of_different_texts(tiny_model, reference, png_photos):
     tokens = tiny_model.encode_images([image]).features[tiny_model.ce.key]
     probs = tiny_model.match_probs(QUERIES, np.repeat(tokens, len(QUERIES), axis=0))
     for q, p in zip(QUERIES, probs):
-        assert float(p) == pytest.approx(_reference_scores(reference, image, q)[1], abs=1e-4)
+        assert float(p) == pytest.approx(_reference(reference, image, q)["itm"], abs=1e-4)
 
 
 def test_batching_does_not_change_results(tiny_model, png_photos):

@@ -41,10 +41,23 @@ PUNCT = list(".,!?'\"-:;()&/")
 
 PRESETS = {
     # Small enough for a test suite: 32 px photos, two layers a side.
-    "tiny": dict(image_size=32, patch_size=8, vision_hidden=32, text_hidden=32, layers=2, heads=2, dim=16, vocab=None),
+    "tiny": dict(image_size=32, patch_size=8, vision_hidden=32, text_hidden=32, layers=2, heads=2, dim=16, vocab=None,
+                 initializer_range=0.3, outliers=0),
     # The architecture of Salesforce/blip-itm-base-coco: ViT-B/16 at 384 px, BERT-base text encoder.
-    "base": dict(image_size=384, patch_size=16, vision_hidden=768, text_hidden=768, layers=12, heads=12, dim=256, vocab=30524),
+    "base": dict(image_size=384, patch_size=16, vision_hidden=768, text_hidden=768, layers=12, heads=12, dim=256,
+                 vocab=30524, initializer_range=0.3, outliers=0),
+    # Base width (768 channels, 12 heads, 256-d vectors) with two layers a side and 128 px photos (65 tokens):
+    # fast enough for a test, wide enough to try the rerank cache's quantisation at the real token width.
+    # Weights 0.05 give a linear layer about the gain the tiny preset's 0.3 gives at 32 channels
+    # (0.05 * sqrt(768) ~ 1.4, 0.3 * sqrt(32) ~ 1.7): scores spread widely without every attention
+    # collapsing onto one token. The vision tokens carry a few huge channels, as a trained ViT's do.
+    "base-width": dict(image_size=128, patch_size=16, vision_hidden=768, text_hidden=768, layers=2, heads=12, dim=256,
+                       vocab=None, initializer_range=0.05, outliers=4),
 }
+
+BIAS_STD = 0.1  # random biases and LayerNorm shifts: zeros would hide a dropped bias term from every test
+NORM_GAIN_STD = 0.1  # LayerNorm gains 1 + N(0, 0.1): ones would hide a dropped or misplaced LayerNorm
+OUTLIER_SCALE = 50.0  # how much larger the outlier channels of the vision tokens are than the others
 
 
 def build_vocab(size: int | None) -> dict[str, int]:
@@ -55,8 +68,14 @@ def build_vocab(size: int | None) -> dict[str, int]:
     return {t: i for i, t in enumerate(tokens)}
 
 
-def build_random_blip(folder: str | Path, preset: str = "tiny", seed: int = 0, initializer_range: float = 0.3) -> Path:
-    """Write a random-weight BlipForImageTextRetrieval checkpoint with its processor into folder."""
+def build_random_blip(folder: str | Path, preset: str = "tiny", seed: int = 0, initializer_range: float | None = None,
+                      outliers: int | None = None) -> Path:
+    """Write a random-weight BlipForImageTextRetrieval checkpoint with its processor into folder.
+
+    Weights are drawn with initializer_range (the preset's by default); biases and LayerNorm
+    parameters are random too. outliers (the preset's by default) vision-token channels are made
+    OUTLIER_SCALE times larger than the rest, see `inject_outlier_channels`.
+    """
     import torch
     from transformers import (
         BertTokenizerFast,
@@ -69,6 +88,10 @@ def build_random_blip(folder: str | Path, preset: str = "tiny", seed: int = 0, i
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
+    if initializer_range is None:
+        initializer_range = p["initializer_range"]
+    if outliers is None:
+        outliers = p["outliers"]
     vocab = build_vocab(p["vocab"])
     tokenizer = BertTokenizerFast(
         vocab=vocab, do_lower_case=True, bos_token="[DEC]", additional_special_tokens=["[ENC]"],
@@ -96,8 +119,59 @@ def build_random_blip(folder: str | Path, preset: str = "tiny", seed: int = 0, i
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     model = BlipForImageTextRetrieval(config).eval()
+    randomise_biases_and_norms(model, seed)
+    if outliers:
+        inject_outlier_channels(model, outliers, seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def randomise_biases_and_norms(model, seed: int = 0) -> None:
+    """Give every Linear/Conv bias and every LayerNorm gain and shift a seeded random value.
+
+    Hugging Face initialises biases to zero and LayerNorms to the identity; a trained model has
+    neither, and with them a computation that forgets a bias or a LayerNorm gives the same numbers
+    as the reference, so equivalence tests could not see the mistake.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(10_007 + seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                if module.weight is not None:
+                    module.weight.copy_(1.0 + NORM_GAIN_STD * torch.randn(module.weight.shape, generator=gen))
+                if module.bias is not None:
+                    module.bias.copy_(BIAS_STD * torch.randn(module.bias.shape, generator=gen))
+            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module.bias is not None:
+                module.bias.copy_(BIAS_STD * torch.randn(module.bias.shape, generator=gen))
+
+
+def inject_outlier_channels(model, count: int, seed: int = 0, scale: float = OUTLIER_SCALE) -> list[int]:
+    """Make `count` channels of the vision tokens `scale` times larger; returns the channels.
+
+    Trained vision transformers carry a few channels of huge magnitude in every token, and the
+    layers that read those tokens have learned to weigh them lightly. Here the vision encoder's
+    final LayerNorm scales the channels up, and every reader of the tokens (the BE projection of
+    [CLS], the CE's cross-attention keys and values) scales them down by as much, so the model
+    still reads all channels alike while its tokens, and anything that stores them, see the outliers.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(20_011 + seed)
+    width = model.vision_model.post_layernorm.weight.shape[0]
+    channels = sorted(torch.randperm(width, generator=gen)[:count].tolist())
+    with torch.no_grad():
+        norm = model.vision_model.post_layernorm
+        norm.weight[channels] *= scale
+        norm.bias[channels] *= scale
+        readers = [model.vision_proj] + [
+            m for layer in model.text_encoder.encoder.layer
+            for m in (layer.crossattention.self.key, layer.crossattention.self.value)
+        ]
+        for linear in readers:
+            linear.weight[:, channels] /= scale
+    return channels
