@@ -46,22 +46,61 @@ def parse_size(text: str) -> int:
     units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     try:
         if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(float(t))
+            size = int(float(t[:-1]) * units[t[-1]])
+        else:
+            size = int(float(t))
+    except (ValueError, OverflowError):  # OverflowError: 'inf'
+        size = -1
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4G, 500M, 0)")
+    return size
+
+
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4G, 500M, 0)") from None
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number of {least} or more, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count: results, photos, a batch size."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """A depth where 0 means off (-k), or a seed."""
+    return _whole_number(text, 0)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'10000,100000' -> collection sizes for the bench, each one or more."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts or not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise argparse.ArgumentTypeError(f"expected collection sizes of 1 or more, like 10000,100000, not {text!r}")
+    return [int(x) for x in parts]
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line that names the way to the help, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="picsift", description="Find photos in your folders by meaning: retrieve fast, rerank smart.")
     parser.add_argument("--version", action="version", version=f"picsift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", parents=[common], help="add folders to the library and index their photos")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to add (none: rescan the library's folders)")
-    p.add_argument("--batch-size", type=int, default=None, help="photos per model batch and commit")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="photos per model batch and commit")
     p.add_argument("--cache-budget", type=parse_size, metavar="SIZE",
                    help="disk the rerank cache may use, kept with the library (e.g. 2G, 500M; 0 turns it off; "
                         "default 4G); photos beyond it are encoded again when a query reranks them")
@@ -69,19 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("search", "find photos matching a text"),):
         p = sub.add_parser(name, parents=[common], help=helptext)
         p.add_argument("query", help="what to look for, in words")
-        p.add_argument("-n", type=int, default=20, help="results to show (default 20)")
-        p.add_argument("-k", type=int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
+        p.add_argument("-n", type=positive_int, default=20, help="results to show (default 20)")
+        p.add_argument("-k", type=non_negative_int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
         p.add_argument("--in", dest="scope", metavar="FOLDER", help="only photos under this folder")
 
     p = sub.add_parser("captions", parents=[common], help="captions that describe a photo best")
     p.add_argument("image", help="a photo file, indexed or not")
-    p.add_argument("-n", type=int, default=10, help="captions to show (default 10)")
-    p.add_argument("-k", type=int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
+    p.add_argument("-n", type=positive_int, default=10, help="captions to show (default 10)")
+    p.add_argument("-k", type=non_negative_int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
     p.add_argument("--collection", help="caption collection (default: the built-in one)")
 
     p = sub.add_parser("similar", parents=[common], help="photos most similar to a photo")
     p.add_argument("image", help="a photo file, indexed or not")
-    p.add_argument("-n", type=int, default=20, help="results to show (default 20)")
+    p.add_argument("-n", type=positive_int, default=20, help="results to show (default 20)")
 
     sub.add_parser("status", parents=[common], help="library, model, device and counts")
 
@@ -95,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common], help="measure this machine: indexing, search, rerank, disk")
     p.add_argument("folder", help="a folder of real photos (decoding and indexing figures)")
-    p.add_argument("--photos", type=int, default=48, help="photos to index (default 48)")
-    p.add_argument("--sizes", default="10000,100000,1000000",
+    p.add_argument("--photos", type=positive_int, default=48, help="photos to index (default 48)")
+    p.add_argument("--sizes", type=parse_sizes, default=[10_000, 100_000, 1_000_000],
                    help="collection sizes for the FAISS figures (default 10000,100000,1000000)")
     p.add_argument("--plot", metavar="PNG", help="also plot query latency against collection size (matplotlib)")
 
@@ -108,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--preset", default="tiny", choices=["tiny", "base"],
                    help="tiny: a few MB, fast; base: the real architecture (about 900 MB)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     return parser
 
 
@@ -236,7 +275,7 @@ def cmd_captions(s: Session) -> int:
     if bar is not None:
         bar.close()
     hits = searcher.captions(args.image, n=args.n, k=args.k, collection=args.collection)
-    _print_hits(args, hits[: max(args.n, 0)], "caption")
+    _print_hits(args, hits[: args.n], "caption")
     return EXIT_OK
 
 
@@ -320,7 +359,7 @@ def cmd_bench(s: Session) -> int:
     from engine.models.random_blip import build_random_blip
 
     args = s.args
-    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    sizes = args.sizes
     with tempfile.TemporaryDirectory(prefix="picsift-bench-model-") as tmp:
         model_id = args.model or DEFAULT_MODEL
         note = model_id

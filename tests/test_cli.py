@@ -386,5 +386,29 @@ def test_sizes_parse_for_the_cache_budget():
 
     assert parse_size("4G") == 4 * 1024**3 and parse_size("500M") == 500 * 1024**2
     assert parse_size("1.5GB") == int(1.5 * 1024**3) and parse_size("0") == 0
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_size("lots")
+    for nonsense in ("lots", "-1G", "inf", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(nonsense)
+
+
+# ----- numbers that mean nothing --------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ("search", "x", "-n", "-3"), ("search", "x", "-n", "0"), ("search", "x", "-k", "-1"),
+    ("captions", "p.jpg", "-n", "-1"), ("captions", "p.jpg", "-k", "-2"), ("similar", "p.jpg", "-n", "-5"),
+    ("index", "--batch-size", "-4"), ("index", "--batch-size", "0"), ("index", "--cache-budget=-1G"),
+    ("bench", "f", "--photos", "-2"), ("bench", "f", "--sizes", "1000,-5"),
+    ("make-random-model", "d", "--seed", "-1"),
+])
+def test_meaningless_numbers_are_refused_in_one_line(argv, capsys, _isolated_home):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    option = next(a for a in argv if a.startswith("-")).split("=")[0]
+    assert lines[0].startswith(f"picsift {argv[0]}: argument {option}")
+    assert not _isolated_home.exists()  # the command did not run
