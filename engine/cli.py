@@ -165,7 +165,10 @@ class Session:
             from engine.library import Library
             from engine.paths import library_dir
 
-            self._library = Library(library_dir(self.args.library))
+            # Only these commands start a library; the others, pointed at a mistyped folder, must not.
+            create = self.args.command in ("index", "gui") or (
+                self.args.command == "collections" and self.args.action == "import")
+            self._library = Library(library_dir(self.args.library), create=create)
         return self._library
 
     @property

@@ -306,7 +306,10 @@ def test_index_with_a_missing_model_folder(photo_folder, capsys, _isolated_home)
     _assert_one_error_line(err, "/nonexistent/folder")
 
 
-def test_search_with_a_missing_hub_model(capsys):
+def test_search_with_a_missing_hub_model(capsys, _isolated_home):
+    from engine.library import Library
+
+    Library(_isolated_home).close()  # an existing library: the model is what is missing
     rc, out, err = run(capsys, "search", "x", "--model", "some-org/missing-model")
     assert rc == 1
     assert out == ""
@@ -333,8 +336,10 @@ def test_library_option_puts_the_library_there(photo_folder, tiny_model_dir, tmp
     assert not (_isolated_home / "library.db").exists()
     status = run_json(capsys, "status", "--library", lib)
     assert status["library"] == str(lib) and status["photos"] == 12
-    # The default library (PICSIFT_HOME) is still empty.
-    assert run_json(capsys, "status")["photos"] == 0
+    # The default library (PICSIFT_HOME) was not made: status says so, and does not make it either.
+    rc, out, err = run(capsys, "status", "--json")
+    assert rc == 1 and out == "" and str(_isolated_home) in err
+    assert not _isolated_home.exists()
 
 
 def test_picsift_home_puts_the_library_there(photo_folder, tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -391,7 +396,7 @@ def test_sizes_parse_for_the_cache_budget():
             parse_size(nonsense)
 
 
-# ----- numbers that mean nothing --------------------------------------------------
+# ----- numbers that mean nothing -------------------------------------------------
 
 
 @pytest.mark.parametrize("argv", [
@@ -412,3 +417,21 @@ def test_meaningless_numbers_are_refused_in_one_line(argv, capsys, _isolated_hom
     option = next(a for a in argv if a.startswith("-")).split("=")[0]
     assert lines[0].startswith(f"picsift {argv[0]}: argument {option}")
     assert not _isolated_home.exists()  # the command did not run
+
+
+# ----- folders and libraries that are not there ----------------------------------
+
+
+@pytest.mark.parametrize("argv", [("status",), ("status", "--json"), ("search", "a dog"), ("captions", "PHOTO"),
+                                  ("similar", "PHOTO"), ("collections", "list")])
+def test_reading_a_library_that_is_not_there_creates_nothing(argv, photo_folder, tmp_path, capsys):
+    argv = [photo_folder / "home" / "photo_00.jpg" if a == "PHOTO" else a for a in argv]
+    for lib, why in ((tmp_path / "mistyped", "no such folder"), (photo_folder, "the folder holds no library")):
+        before = photo_paths(photo_folder)
+        rc, out, err = run(capsys, *argv, "--library", lib)
+        assert rc == 1 and out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("picsift: No library at ") and str(lib) in lines[0]
+        assert why in lines[0]
+        assert not (tmp_path / "mistyped").exists()
+        assert photo_paths(photo_folder) == before  # no library.db written among the photos
