@@ -190,6 +190,14 @@ def _say(args, *msg) -> None:
         print(*msg, file=sys.stderr)
 
 
+def _folder_problem(folder: str) -> str | None:
+    """Why a folder given to index cannot be indexed (the engine's own check), or None."""
+    root = os.path.abspath(os.path.expanduser(folder))
+    if os.path.isdir(root):
+        return None
+    return f"folder not found: {root}" if not os.path.exists(root) else f"not a folder: {root}"
+
+
 def cmd_index(s: Session) -> int:
     from tqdm import tqdm
 
@@ -199,6 +207,12 @@ def cmd_index(s: Session) -> int:
     folders = args.folders or s.library.store.folders()
     if not folders:
         raise PicsiftError("No folders given and the library has none yet: picsift index FOLDER")
+    # Checked here rather than read from the engine's progress messages: the error must show
+    # under -q too, and when no folder is usable no model is loaded and no library created.
+    problems = [p for p in map(_folder_problem, folders) if p]
+    if len(problems) == len(folders):
+        raise PicsiftError("; ".join(problems).capitalize() + ".")
+    folders = [f for f in folders if not _folder_problem(f)]
     if args.cache_budget is not None:
         dropped = s.library.set_cache_budget(args.cache_budget)
         _say(args, f"Rerank cache budget: {args.cache_budget / 1e9:.2f} GB"
@@ -227,11 +241,14 @@ def cmd_index(s: Session) -> int:
         bar.close()
     summary = {"embedded": last.embedded, "moved": last.moved, "unchanged": last.unchanged,
                "removed": last.removed, "skipped": last.skipped, "photos": s.library.store.count_photos(),
-               "cancelled": last.phase == "cancelled"}
+               "cancelled": last.phase == "cancelled", "not_indexed": problems}
     if args.json:
         print(json.dumps(summary))
     else:
         print(last.summary() + f" The library has {summary['photos']} photos.")
+    if problems:
+        print(f"picsift: {'; '.join(problems)}; the other folders were indexed.", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

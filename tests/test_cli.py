@@ -422,6 +422,30 @@ def test_meaningless_numbers_are_refused_in_one_line(argv, capsys, _isolated_hom
 # ----- folders and libraries that are not there ----------------------------------
 
 
+def test_index_names_missing_folders_and_still_indexes_the_others(photo_folder, tiny_model_dir, tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    a_file = photo_folder / "home" / "photo_00.jpg"
+    rc, out, err = run(capsys, "index", photo_folder, missing, a_file, "--model", tiny_model_dir, "--json")
+    assert rc == 1
+    summary = json.loads(out)
+    assert summary["embedded"] == 12 and summary["photos"] == 12
+    assert summary["not_indexed"] == [f"folder not found: {missing}", f"not a folder: {a_file}"]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("picsift: ") and str(missing) in last and str(a_file) in last
+    # -q hides progress, not the error.
+    rc, out, err = run(capsys, "index", photo_folder, missing, "-q")
+    assert rc == 1 and "Nothing new to embed" in out
+    assert err.strip().splitlines() == [f"picsift: folder not found: {missing}; the other folders were indexed."]
+    assert run_json(capsys, "status")["folders"] == [str(photo_folder)]
+
+
+def test_index_of_only_missing_folders_fails_before_loading_anything(tmp_path, capsys, _isolated_home):
+    rc, out, err = run(capsys, "index", tmp_path / "nope", "--model", tmp_path / "no-model-either")
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines() == [f"picsift: Folder not found: {tmp_path / 'nope'}."]
+    assert not _isolated_home.exists()
+
+
 @pytest.mark.parametrize("argv", [("status",), ("status", "--json"), ("search", "a dog"), ("captions", "PHOTO"),
                                   ("similar", "PHOTO"), ("collections", "list")])
 def test_reading_a_library_that_is_not_there_creates_nothing(argv, photo_folder, tmp_path, capsys):
