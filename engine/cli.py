@@ -252,12 +252,19 @@ def cmd_index(s: Session) -> int:
     return EXIT_OK
 
 
-def _print_hits(args, hits, kind: str) -> None:
+def _print_hits(s: Session, hits, kind: str) -> None:
+    args = s.args
     if args.json:
         print(json.dumps([h.to_json() for h in hits], ensure_ascii=False))
         return
     if not hits:
-        print("No results." if kind != "photo" else "No photos found. Index a folder first: picsift index FOLDER")
+        if kind == "caption":
+            print("No captions found.")
+        elif s.library.store.count_photos():
+            print(f"No photos matched under {args.scope}." if getattr(args, "scope", None)
+                  else "No photos matched.")
+        else:
+            print("The library has no photos yet. Index a folder first: picsift index FOLDER")
         return
     for h in hits:
         rr = f"  ce {h.rerank_score:.3f}" if h.rerank_score is not None else ""
@@ -274,7 +281,7 @@ def cmd_search(s: Session) -> int:
     if not args.json:
         _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
                    f"(reranked top {min(args.k, len(hits))})")
-    _print_hits(args, hits, "photo")
+    _print_hits(s, hits, "photo")
     return EXIT_OK
 
 
@@ -295,7 +302,7 @@ def cmd_captions(s: Session) -> int:
     if bar is not None:
         bar.close()
     hits = searcher.captions(args.image, n=args.n, k=args.k, collection=args.collection)
-    _print_hits(args, hits[: args.n], "caption")
+    _print_hits(s, hits[: args.n], "caption")
     return EXIT_OK
 
 
@@ -303,7 +310,7 @@ def cmd_similar(s: Session) -> int:
     from engine.search import Searcher
 
     hits = Searcher(s.library, s.model).similar(s.args.image, n=s.args.n)
-    _print_hits(s.args, hits, "photo")
+    _print_hits(s, hits, "photo")
     return EXIT_OK
 
 

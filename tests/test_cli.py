@@ -459,3 +459,21 @@ def test_reading_a_library_that_is_not_there_creates_nothing(argv, photo_folder,
         assert why in lines[0]
         assert not (tmp_path / "mistyped").exists()
         assert photo_paths(photo_folder) == before  # no library.db written among the photos
+
+
+# ----- what text output says -----------------------------------------------------
+
+
+def test_the_index_hint_shows_only_when_the_library_has_no_photos(indexed, tiny_model_dir, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rc, out, err = run(capsys, "search", "a dog", "--in", elsewhere)
+    assert rc == 0
+    assert out.strip() == f"No photos matched under {elsewhere}."
+
+    empty_lib = tmp_path / "empty-lib"
+    run_json(capsys, "index", elsewhere, "--model", tiny_model_dir, "--library", empty_lib)
+    for argv in (("search", "a dog"), ("similar", indexed / "home" / "photo_00.jpg")):
+        rc, out, err = run(capsys, *argv, "--library", empty_lib)
+        assert rc == 0
+        assert "Index a folder first" in out and "No photos matched" not in out
