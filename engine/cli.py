@@ -158,6 +158,7 @@ class Session:
         self.args = args
         self._library = None
         self._model = None
+        self.once = _Once()
 
     @property
     def library(self):
@@ -180,9 +181,32 @@ class Session:
             self._model = load_model(model_id, device=self.args.device, precision=self.args.precision)
         return self._model
 
+    def notice(self, msg: str) -> None:
+        """Something the engine wants the user to read; shown once however many records carry it."""
+        if self.once.first_time(msg):
+            _say(self.args, msg)
+
     def close(self) -> None:
         if self._library is not None:
             self._library.close()
+
+
+class _Once(logging.Filter):
+    """Engine notices arrive twice over, as a log warning and inside progress records: let each
+    text through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def first_time(self, msg: str) -> bool:
+        if msg in self._seen:
+            return False
+        self._seen.add(msg)
+        return True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.first_time(record.getMessage())
 
 
 def _say(args, *msg) -> None:
@@ -225,7 +249,7 @@ def cmd_index(s: Session) -> int:
     for progress in index_folders(s.library, model, folders, **options):
         last = progress
         for m in progress.messages:
-            _say(args, m)
+            s.notice(m)
         if progress.phase == "indexing" and progress.total and bar is None and not args.quiet and not args.json:
             bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
         if bar is not None:
@@ -422,13 +446,24 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
     """Run one command. extra_commands lets the app package add the window (`gui`) without the
     engine importing it."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(message)s")
+    level = logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
     handlers = {**COMMANDS, **(extra_commands or {})}
     if args.command not in handlers:
         print("picsift: the desktop window is not part of this installation (the app package is missing).",
               file=sys.stderr)
         return EXIT_USAGE
     session = Session(args)
+    # The engine's own warnings (notices) go to stderr through the session's filter, which lets
+    # each text through once: the same notice also arrives in progress records.
+    engine_log = logging.getLogger("picsift")
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(logging.Formatter("%(message)s"))
+    to_stderr.addFilter(session.once)
+    saved = engine_log.level, engine_log.propagate
+    engine_log.addHandler(to_stderr)
+    engine_log.setLevel(level)
+    engine_log.propagate = False
     try:
         return handlers[args.command](session)
     except PicsiftError as exc:
@@ -440,6 +475,9 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
         return EXIT_INTERRUPTED
     finally:
         session.close()
+        engine_log.removeHandler(to_stderr)
+        engine_log.setLevel(saved[0])
+        engine_log.propagate = saved[1]
 
 
 if __name__ == "__main__":

@@ -477,3 +477,12 @@ def test_the_index_hint_shows_only_when_the_library_has_no_photos(indexed, tiny_
         rc, out, err = run(capsys, *argv, "--library", empty_lib)
         assert rc == 0
         assert "Index a folder first" in out and "No photos matched" not in out
+
+
+def test_a_model_change_is_announced_once(indexed, tmp_path, capsys):
+    other = tmp_path / "other-model"
+    assert run(capsys, "make-random-model", other, "--seed", "1")[0] == 0
+    rc, out, err = run(capsys, "index", "--model", other)
+    assert rc == 0, err
+    assert err.count("its vectors are recomputed") == 1, err
+    assert "12 embedded" in out
