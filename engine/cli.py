@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -184,7 +185,7 @@ class Session:
     def notice(self, msg: str) -> None:
         """Something the engine wants the user to read; shown once however many records carry it."""
         if self.once.first_time(msg):
-            _say(self.args, msg)
+            _say(self.args, shown(msg))
 
     def close(self) -> None:
         if self._library is not None:
@@ -207,6 +208,19 @@ class _Once(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.first_time(record.getMessage())
+
+
+# Characters that would break a line of text output or reorder it on screen: C0/C1 controls (a
+# newline in a file name), line and paragraph separators, bidirectional overrides, and the lone
+# surrogates that stand for undecodable bytes in a file name (printing one raises UnicodeEncodeError).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                          "\ud800-\udfff]")
+
+
+def shown(text: str) -> str:
+    """A path, caption or message as one line of text output, its unprintable characters escaped
+    as Python writes them (a newline as \\n). JSON output keeps the exact string."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _say(args, *msg) -> None:
@@ -235,14 +249,14 @@ def cmd_index(s: Session) -> int:
     # under -q too, and when no folder is usable no model is loaded and no library created.
     problems = [p for p in map(_folder_problem, folders) if p]
     if len(problems) == len(folders):
-        raise PicsiftError("; ".join(problems).capitalize() + ".")
+        raise PicsiftError(shown("; ".join(problems)).capitalize() + ".")
     folders = [f for f in folders if not _folder_problem(f)]
     if args.cache_budget is not None:
         dropped = s.library.set_cache_budget(args.cache_budget)
         _say(args, f"Rerank cache budget: {args.cache_budget / 1e9:.2f} GB"
                    + (f" ({dropped} cached photos dropped to fit)" if dropped else ""))
     model = s.model
-    _say(args, f"Library: {s.library.folder}\nModel: {model.model_id} on {model.describe_device()}")
+    _say(args, f"Library: {shown(str(s.library.folder))}\nModel: {shown(model.model_id)} on {model.describe_device()}")
     options = {"batch_size": args.batch_size} if args.batch_size else {}
     bar = None
     last = None
@@ -255,12 +269,12 @@ def cmd_index(s: Session) -> int:
         if bar is not None:
             bar.update(progress.done - bar.n)
             if progress.current:
-                bar.set_postfix_str(os.path.basename(progress.current)[-30:], refresh=False)
+                bar.set_postfix_str(shown(os.path.basename(progress.current))[-30:], refresh=False)
         for path, reason in progress.skipped_files:
             if bar is not None:
-                bar.write(f"skipped {path}: {reason}", file=sys.stderr)
+                bar.write(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
             else:
-                _say(args, f"skipped {path}: {reason}")
+                _say(args, f"skipped {shown(path)}: {shown(reason)}")
     if bar is not None:
         bar.close()
     summary = {"embedded": last.embedded, "moved": last.moved, "unchanged": last.unchanged,
@@ -271,7 +285,7 @@ def cmd_index(s: Session) -> int:
     else:
         print(last.summary() + f" The library has {summary['photos']} photos.")
     if problems:
-        print(f"picsift: {'; '.join(problems)}; the other folders were indexed.", file=sys.stderr)
+        print(f"picsift: {shown('; '.join(problems))}; the other folders were indexed.", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
 
@@ -285,14 +299,14 @@ def _print_hits(s: Session, hits, kind: str) -> None:
         if kind == "caption":
             print("No captions found.")
         elif s.library.store.count_photos():
-            print(f"No photos matched under {args.scope}." if getattr(args, "scope", None)
+            print(f"No photos matched under {shown(args.scope)}." if getattr(args, "scope", None)
                   else "No photos matched.")
         else:
             print("The library has no photos yet. Index a folder first: picsift index FOLDER")
         return
     for h in hits:
         rr = f"  ce {h.rerank_score:.3f}" if h.rerank_score is not None else ""
-        print(f"{h.rank:3d}. {h.score:+.3f}{rr}  {h.path if h.path is not None else h.text}")
+        print(f"{h.rank:3d}. {h.score:+.3f}{rr}  {shown(h.path if h.path is not None else h.text)}")
 
 
 def cmd_search(s: Session) -> int:
@@ -350,12 +364,12 @@ def cmd_status(s: Session) -> int:
     if args.json:
         print(json.dumps(st, ensure_ascii=False))
         return EXIT_OK
-    print(f"Library:     {st['library']}")
-    print(f"Model:       {st['model']}")
+    print(f"Library:     {shown(st['library'])}")
+    print(f"Model:       {shown(st['model'])}")
     print(f"Device:      {st['device']}")
     print(f"Photos:      {st['photos']} in {len(st['folders'])} folder(s)")
     for f in st["folders"]:
-        print(f"             {f}")
+        print(f"             {shown(f)}")
     cache = st["rerank_cache"]
     print(f"Rerank cache: {cache['photos']} photos, {cache['bytes'] / 1e6:.1f} MB of {cache['budget_bytes'] / 1e9:.1f} GB")
     print(f"Skipped:     {st['skipped']}")
@@ -363,7 +377,7 @@ def cmd_status(s: Session) -> int:
     for e in st["errors"]:
         reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
-        print(f"             {count:5d}  {reason}")
+        print(f"             {count:5d}  {shown(reason)}")
     print(f"Collections: {', '.join(c['name'] + ' (' + str(c['captions']) + ')' for c in st['collections']) or 'none yet (the built-in one is added on first use)'}")
     return EXIT_OK
 
@@ -377,14 +391,14 @@ def cmd_collections(s: Session) -> int:
         if args.json:
             print(json.dumps({"name": name, "captions": count}))
         else:
-            print(f"Imported {count} captions as collection '{name}'.")
+            print(f"Imported {count} captions as collection '{shown(name)}'.")
         return EXIT_OK
     cols = s.library.store.collections()
     if args.json:
         print(json.dumps(cols))
     else:
         for c in cols:
-            print(f"{c['name']}: {c['captions']} captions ({c['source']})")
+            print(f"{shown(c['name'])}: {c['captions']} captions ({shown(c['source'])})")
         if not cols:
             print("No collections yet; the built-in one is added on first use of 'picsift captions'.")
     return EXIT_OK
@@ -397,8 +411,8 @@ def cmd_make_random_model(s: Session) -> int:
     if s.args.json:
         print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed}))
         return EXIT_OK
-    print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {path}. Its rankings are "
-          "meaningless; use it to try picsift without a download: --model " + str(path))
+    print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {shown(str(path))}. Its "
+          "rankings are meaningless; use it to try picsift without a download: --model " + shown(str(path)))
     return EXIT_OK
 
 
@@ -467,7 +481,7 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
     try:
         return handlers[args.command](session)
     except PicsiftError as exc:
-        print(f"picsift: {exc}", file=sys.stderr)
+        print(f"picsift: {shown(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("picsift: interrupted; everything committed so far is kept, run the command again to resume.",

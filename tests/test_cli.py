@@ -486,3 +486,33 @@ def test_a_model_change_is_announced_once(indexed, tmp_path, capsys):
     assert rc == 0, err
     assert err.count("its vectors are recomputed") == 1, err
     assert "12 embedded" in out
+
+
+def test_control_characters_in_paths_are_escaped_in_text_but_exact_in_json(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "my\nphotos"
+    weird = make_photo(folder / "two\nlines\x1b.png", seed=1)
+    plain = make_photo(folder / "plain.png", seed=2)
+    (folder / "broken\r.jpg").write_bytes(b"")
+    rc, out, err = run(capsys, "index", folder, "--model", tiny_model_dir)
+    assert rc == 0, err
+    assert f"skipped {tmp_path}/my\\nphotos/broken\\r.jpg: " in err
+    assert f"Library: {tmp_path}" in err
+
+    escaped = f"{tmp_path}/my\\nphotos/two\\nlines\\x1b.png"
+    rc, out, err = run(capsys, "search", "a dog", "-k", "0")
+    lines = out.splitlines()
+    assert len(lines) == 2 and sum(line.endswith(escaped) for line in lines) == 1
+    rc, out, err = run(capsys, "similar", plain, "-n", "1")
+    assert out.splitlines() == [out.rstrip("\n")] and out.rstrip().endswith(escaped)
+    rc, out, err = run(capsys, "status")
+    assert f"             {tmp_path}/my\\nphotos\n" in out
+
+    assert {h["path"] for h in run_json(capsys, "search", "a dog", "-k", "0")} == {weird, plain}
+    assert run_json(capsys, "status")["folders"] == [str(folder)]
+
+
+def test_shown_escapes_what_would_break_a_line_and_keeps_the_rest():
+    from engine.cli import shown
+
+    assert shown("a\nb\tc\x1b[2Jd\x7f\u202eevil\u2028\udcff") == "a\\nb\\tc\\x1b[2Jd\\x7f\\u202eevil\\u2028\\udcff"
+    assert shown("café/フォト/📷 ünd — x.jpg") == "café/フォト/📷 ünd — x.jpg"
