@@ -223,6 +223,15 @@ def shown(text: str) -> str:
     return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def format_size(size: float) -> str:
+    """Bytes in binary units, the ones sizes are given in (--cache-budget 2G is '2.0 GiB')."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 def _say(args, *msg) -> None:
     if not args.quiet:
         print(*msg, file=sys.stderr)
@@ -253,7 +262,7 @@ def cmd_index(s: Session) -> int:
     folders = [f for f in folders if not _folder_problem(f)]
     if args.cache_budget is not None:
         dropped = s.library.set_cache_budget(args.cache_budget)
-        _say(args, f"Rerank cache budget: {args.cache_budget / 1e9:.2f} GB"
+        _say(args, f"Rerank cache budget: {format_size(args.cache_budget)}"
                    + (f" ({dropped} cached photos dropped to fit)" if dropped else ""))
     model = s.model
     _say(args, f"Library: {shown(str(s.library.folder))}\nModel: {shown(model.model_id)} on {model.describe_device()}")
@@ -371,7 +380,8 @@ def cmd_status(s: Session) -> int:
     for f in st["folders"]:
         print(f"             {shown(f)}")
     cache = st["rerank_cache"]
-    print(f"Rerank cache: {cache['photos']} photos, {cache['bytes'] / 1e6:.1f} MB of {cache['budget_bytes'] / 1e9:.1f} GB")
+    print(f"Rerank cache: {cache['photos']} photos, {format_size(cache['bytes'])} of "
+          f"{format_size(cache['budget_bytes'])}")
     print(f"Skipped:     {st['skipped']}")
     reasons: dict[str, int] = {}
     for e in st["errors"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -516,3 +517,22 @@ def test_shown_escapes_what_would_break_a_line_and_keeps_the_rest():
 
     assert shown("a\nb\tc\x1b[2Jd\x7f\u202eevil\u2028\udcff") == "a\\nb\\tc\\x1b[2Jd\\x7f\\u202eevil\\u2028\\udcff"
     assert shown("café/フォト/📷 ünd — x.jpg") == "café/フォト/📷 ünd — x.jpg"
+
+
+def test_sizes_are_shown_in_binary_units(indexed, capsys):
+    rc, out, err = run(capsys, "index", "--cache-budget", "2G")
+    assert rc == 0
+    assert "Rerank cache budget: 2.0 GiB" in err
+    rc, out, err = run(capsys, "status")
+    line = next(x for x in out.splitlines() if x.startswith("Rerank cache:"))
+    assert re.fullmatch(r"Rerank cache: 12 photos, \d+\.\d (KiB|MiB) of 2\.0 GiB", line), line
+
+
+def test_format_size_uses_binary_units():
+    from engine.cli import format_size, parse_size
+
+    assert [format_size(n) for n in (0, 1023, 1024, 1536 * 1024, 5 * 1024**4)] == [
+        "0 B", "1023 B", "1.0 KiB", "1.5 MiB", "5.0 TiB"]
+    for text in ("2G", "500M", "1.5G", "64K"):
+        assert format_size(parse_size(text)) == {"2G": "2.0 GiB", "500M": "500.0 MiB", "1.5G": "1.5 GiB",
+                                                 "64K": "64.0 KiB"}[text]
