@@ -269,23 +269,25 @@ def cmd_index(s: Session) -> int:
     options = {"batch_size": args.batch_size} if args.batch_size else {}
     bar = None
     last = None
-    for progress in index_folders(s.library, model, folders, **options):
-        last = progress
-        for m in progress.messages:
-            s.notice(m)
-        if progress.phase == "indexing" and progress.total and bar is None and not args.quiet and not args.json:
-            bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
-        if bar is not None:
-            bar.update(progress.done - bar.n)
-            if progress.current:
-                bar.set_postfix_str(shown(os.path.basename(progress.current))[-30:], refresh=False)
-        for path, reason in progress.skipped_files:
+    try:
+        for progress in index_folders(s.library, model, folders, **options):
+            last = progress
+            for m in progress.messages:
+                s.notice(m)
+            if progress.phase == "indexing" and progress.total and bar is None and not args.quiet and not args.json:
+                bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
             if bar is not None:
-                bar.write(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
-            else:
-                _say(args, f"skipped {shown(path)}: {shown(reason)}")
-    if bar is not None:
-        bar.close()
+                bar.update(progress.done - bar.n)
+                if progress.current:
+                    bar.set_postfix_str(shown(os.path.basename(progress.current))[-30:], refresh=False)
+            for path, reason in progress.skipped_files:
+                if bar is not None:
+                    bar.write(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
+                else:
+                    _say(args, f"skipped {shown(path)}: {shown(reason)}")
+    finally:  # on Ctrl+C too: the bar's last drawing comes before the interrupted message, not after it
+        if bar is not None:
+            bar.close()
     summary = {"embedded": last.embedded, "moved": last.moved, "unchanged": last.unchanged,
                "removed": last.removed, "skipped": last.skipped, "photos": s.library.store.count_photos(),
                "cancelled": last.phase == "cancelled", "not_indexed": problems}

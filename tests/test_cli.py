@@ -536,3 +536,25 @@ def test_format_size_uses_binary_units():
     for text in ("2G", "500M", "1.5G", "64K"):
         assert format_size(parse_size(text)) == {"2G": "2.0 GiB", "500M": "500.0 MiB", "1.5G": "1.5 GiB",
                                                  "64K": "64.0 KiB"}[text]
+
+
+def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_dir, capsys, monkeypatch):
+    import gc
+
+    import engine.indexer
+    from engine.indexer import IndexProgress
+
+    def interrupted(library, model, folders, **options):
+        yield IndexProgress("scanning")
+        yield IndexProgress("indexing", total=12)
+        yield IndexProgress("indexing", done=4, total=12, current=str(photo_folder / "home" / "photo_00.jpg"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.indexer, "index_folders", interrupted)
+    rc, out, err = run(capsys, "index", photo_folder, "--model", tiny_model_dir)
+    gc.collect()  # a bar nobody closed draws itself once more when it is collected
+    err += capsys.readouterr().err
+    assert rc == 130 and out == ""
+    before, message, after = err.partition("picsift: interrupted")
+    assert message and "4/12" in before
+    assert after.count("\n") == 1 and after.endswith("resume.\n"), repr(after)
