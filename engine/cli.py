@@ -210,6 +210,13 @@ class _Once(logging.Filter):
         return self.first_time(record.getMessage())
 
 
+class _OneLine(logging.Formatter):
+    """A log message as text output writes paths; a traceback after it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        return shown(super().formatMessage(record))
+
+
 # Characters that would break a line of text output or reorder it on screen: C0/C1 controls (a
 # newline in a file name), line and paragraph separators, bidirectional overrides, and the lone
 # surrogates that stand for undecodable bytes in a file name (printing one raises UnicodeEncodeError).
@@ -484,7 +491,7 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
     # each text through once: the same notice also arrives in progress records.
     engine_log = logging.getLogger("picsift")
     to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(logging.Formatter("%(message)s"))
+    to_stderr.setFormatter(_OneLine("%(message)s"))
     to_stderr.addFilter(session.once)
     saved = engine_log.level, engine_log.propagate
     engine_log.addHandler(to_stderr)

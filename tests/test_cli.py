@@ -481,11 +481,12 @@ def test_the_index_hint_shows_only_when_the_library_has_no_photos(indexed, tiny_
 
 
 def test_a_model_change_is_announced_once(indexed, tmp_path, capsys):
-    other = tmp_path / "other-model"
+    other = tmp_path / "other\nmodel"
     assert run(capsys, "make-random-model", other, "--seed", "1")[0] == 0
     rc, out, err = run(capsys, "index", "--model", other)
     assert rc == 0, err
     assert err.count("its vectors are recomputed") == 1, err
+    assert f"recomputed with '{tmp_path}/other\\nmodel'." in err  # escaped like every path in text output
     assert "12 embedded" in out
 
 
