@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-import resource
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,14 +45,23 @@ def _ms(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def _rss_mb() -> float:
+PROC_STATUS = Path("/proc/self/status")
+
+
+def _rss_mb() -> float | None:
+    """Resident memory now (Linux), else its peak (other Unix), else None: Windows has no `resource`."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in PROC_STATUS.read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:
@@ -218,7 +227,9 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
 
                 yield Figure(f"query_ms_{label}_k20", round(_ms(full_query, repeat=3)), "ms",
                              "text query end to end: BE vector, FAISS top 20, CE over 20 cached candidates")
-                yield Figure("rss_mb", round(_rss_mb()), "MB", f"resident memory with the {label} index loaded")
+                rss = _rss_mb()
+                if rss is not None:
+                    yield Figure("rss_mb", round(rss), "MB", f"resident memory with the {label} index loaded")
             vectors = index = None  # free this size's arrays before the next, larger one
         lib.close()
     finally:

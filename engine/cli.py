@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,22 +47,61 @@ def parse_size(text: str) -> int:
     units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     try:
         if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(float(t))
+            size = int(float(t[:-1]) * units[t[-1]])
+        else:
+            size = int(float(t))
+    except (ValueError, OverflowError):  # OverflowError: 'inf'
+        size = -1
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4G, 500M, 0)")
+    return size
+
+
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 4G, 500M, 0)") from None
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number of {least} or more, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count: results, photos, a batch size."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """A depth where 0 means off (-k), or a seed."""
+    return _whole_number(text, 0)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'10000,100000' -> collection sizes for the bench, each one or more."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts or not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise argparse.ArgumentTypeError(f"expected collection sizes of 1 or more, like 10000,100000, not {text!r}")
+    return [int(x) for x in parts]
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line that names the way to the help, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="picsift", description="Find photos in your folders by meaning: retrieve fast, rerank smart.")
     parser.add_argument("--version", action="version", version=f"picsift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("index", parents=[common], help="add folders to the library and index their photos")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to add (none: rescan the library's folders)")
-    p.add_argument("--batch-size", type=int, default=None, help="photos per model batch and commit")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="photos per model batch and commit")
     p.add_argument("--cache-budget", type=parse_size, metavar="SIZE",
                    help="disk the rerank cache may use, kept with the library (e.g. 2G, 500M; 0 turns it off; "
                         "default 4G); photos beyond it are encoded again when a query reranks them")
@@ -69,19 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("search", "find photos matching a text"),):
         p = sub.add_parser(name, parents=[common], help=helptext)
         p.add_argument("query", help="what to look for, in words")
-        p.add_argument("-n", type=int, default=20, help="results to show (default 20)")
-        p.add_argument("-k", type=int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
+        p.add_argument("-n", type=positive_int, default=20, help="results to show (default 20)")
+        p.add_argument("-k", type=non_negative_int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
         p.add_argument("--in", dest="scope", metavar="FOLDER", help="only photos under this folder")
 
     p = sub.add_parser("captions", parents=[common], help="captions that describe a photo best")
     p.add_argument("image", help="a photo file, indexed or not")
-    p.add_argument("-n", type=int, default=10, help="captions to show (default 10)")
-    p.add_argument("-k", type=int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
+    p.add_argument("-n", type=positive_int, default=10, help="captions to show (default 10)")
+    p.add_argument("-k", type=non_negative_int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
     p.add_argument("--collection", help="caption collection (default: the built-in one)")
 
     p = sub.add_parser("similar", parents=[common], help="photos most similar to a photo")
     p.add_argument("image", help="a photo file, indexed or not")
-    p.add_argument("-n", type=int, default=20, help="results to show (default 20)")
+    p.add_argument("-n", type=positive_int, default=20, help="results to show (default 20)")
 
     sub.add_parser("status", parents=[common], help="library, model, device and counts")
 
@@ -95,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common], help="measure this machine: indexing, search, rerank, disk")
     p.add_argument("folder", help="a folder of real photos (decoding and indexing figures)")
-    p.add_argument("--photos", type=int, default=48, help="photos to index (default 48)")
-    p.add_argument("--sizes", default="10000,100000,1000000",
+    p.add_argument("--photos", type=positive_int, default=48, help="photos to index (default 48)")
+    p.add_argument("--sizes", type=parse_sizes, default=[10_000, 100_000, 1_000_000],
                    help="collection sizes for the FAISS figures (default 10000,100000,1000000)")
     p.add_argument("--plot", metavar="PNG", help="also plot query latency against collection size (matplotlib)")
 
@@ -108,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--preset", default="tiny", choices=["tiny", "base"],
                    help="tiny: a few MB, fast; base: the real architecture (about 900 MB)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     return parser
 
 
@@ -119,6 +159,7 @@ class Session:
         self.args = args
         self._library = None
         self._model = None
+        self.once = _Once()
 
     @property
     def library(self):
@@ -126,7 +167,10 @@ class Session:
             from engine.library import Library
             from engine.paths import library_dir
 
-            self._library = Library(library_dir(self.args.library))
+            # Only these commands start a library; the others, pointed at a mistyped folder, must not.
+            create = self.args.command in ("index", "gui") or (
+                self.args.command == "collections" and self.args.action == "import")
+            self._library = Library(library_dir(self.args.library), create=create)
         return self._library
 
     @property
@@ -138,14 +182,74 @@ class Session:
             self._model = load_model(model_id, device=self.args.device, precision=self.args.precision)
         return self._model
 
+    def notice(self, msg: str) -> None:
+        """Something the engine wants the user to read; shown once however many records carry it."""
+        if self.once.first_time(msg):
+            _say(self.args, shown(msg))
+
     def close(self) -> None:
         if self._library is not None:
             self._library.close()
 
 
+class _Once(logging.Filter):
+    """Engine notices arrive twice over, as a log warning and inside progress records: let each
+    text through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def first_time(self, msg: str) -> bool:
+        if msg in self._seen:
+            return False
+        self._seen.add(msg)
+        return True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.first_time(record.getMessage())
+
+
+class _OneLine(logging.Formatter):
+    """A log message as text output writes paths; a traceback after it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        return shown(super().formatMessage(record))
+
+
+# Characters that would break a line of text output or reorder it on screen: C0/C1 controls (a
+# newline in a file name), line and paragraph separators, bidirectional overrides, and the lone
+# surrogates that stand for undecodable bytes in a file name (printing one raises UnicodeEncodeError).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                          "\ud800-\udfff]")
+
+
+def shown(text: str) -> str:
+    """A path, caption or message as one line of text output, its unprintable characters escaped
+    as Python writes them (a newline as \\n). JSON output keeps the exact string."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def format_size(size: float) -> str:
+    """Bytes in binary units, the ones sizes are given in (--cache-budget 2G is '2.0 GiB')."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 def _say(args, *msg) -> None:
     if not args.quiet:
         print(*msg, file=sys.stderr)
+
+
+def _folder_problem(folder: str) -> str | None:
+    """Why a folder given to index cannot be indexed (the engine's own check), or None."""
+    root = os.path.abspath(os.path.expanduser(folder))
+    if os.path.isdir(root):
+        return None
+    return f"folder not found: {root}" if not os.path.exists(root) else f"not a folder: {root}"
 
 
 def cmd_index(s: Session) -> int:
@@ -157,52 +261,70 @@ def cmd_index(s: Session) -> int:
     folders = args.folders or s.library.store.folders()
     if not folders:
         raise PicsiftError("No folders given and the library has none yet: picsift index FOLDER")
+    # Checked here rather than read from the engine's progress messages: the error must show
+    # under -q too, and when no folder is usable no model is loaded and no library created.
+    problems = [p for p in map(_folder_problem, folders) if p]
+    if len(problems) == len(folders):
+        raise PicsiftError(shown("; ".join(problems)).capitalize() + ".")
+    folders = [f for f in folders if not _folder_problem(f)]
     if args.cache_budget is not None:
         dropped = s.library.set_cache_budget(args.cache_budget)
-        _say(args, f"Rerank cache budget: {args.cache_budget / 1e9:.2f} GB"
+        _say(args, f"Rerank cache budget: {format_size(args.cache_budget)}"
                    + (f" ({dropped} cached photos dropped to fit)" if dropped else ""))
     model = s.model
-    _say(args, f"Library: {s.library.folder}\nModel: {model.model_id} on {model.describe_device()}")
+    _say(args, f"Library: {shown(str(s.library.folder))}\nModel: {shown(model.model_id)} on {model.describe_device()}")
     options = {"batch_size": args.batch_size} if args.batch_size else {}
     bar = None
     last = None
-    for progress in index_folders(s.library, model, folders, **options):
-        last = progress
-        for m in progress.messages:
-            _say(args, m)
-        if progress.phase == "indexing" and progress.total and bar is None and not args.quiet and not args.json:
-            bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
-        if bar is not None:
-            bar.update(progress.done - bar.n)
-            if progress.current:
-                bar.set_postfix_str(os.path.basename(progress.current)[-30:], refresh=False)
-        for path, reason in progress.skipped_files:
+    try:
+        for progress in index_folders(s.library, model, folders, **options):
+            last = progress
+            for m in progress.messages:
+                s.notice(m)
+            if progress.phase == "indexing" and progress.total and bar is None and not args.quiet and not args.json:
+                bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
             if bar is not None:
-                bar.write(f"skipped {path}: {reason}", file=sys.stderr)
-            else:
-                _say(args, f"skipped {path}: {reason}")
-    if bar is not None:
-        bar.close()
+                bar.update(progress.done - bar.n)
+                if progress.current:
+                    bar.set_postfix_str(shown(os.path.basename(progress.current))[-30:], refresh=False)
+            for path, reason in progress.skipped_files:
+                if bar is not None:
+                    bar.write(f"skipped {shown(path)}: {shown(reason)}", file=sys.stderr)
+                else:
+                    _say(args, f"skipped {shown(path)}: {shown(reason)}")
+    finally:  # on Ctrl+C too: the bar's last drawing comes before the interrupted message, not after it
+        if bar is not None:
+            bar.close()
     summary = {"embedded": last.embedded, "moved": last.moved, "unchanged": last.unchanged,
                "removed": last.removed, "skipped": last.skipped, "photos": s.library.store.count_photos(),
-               "cancelled": last.phase == "cancelled"}
+               "cancelled": last.phase == "cancelled", "not_indexed": problems}
     if args.json:
         print(json.dumps(summary))
     else:
         print(last.summary() + f" The library has {summary['photos']} photos.")
+    if problems:
+        print(f"picsift: {shown('; '.join(problems))}; the other folders were indexed.", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 
-def _print_hits(args, hits, kind: str) -> None:
+def _print_hits(s: Session, hits, kind: str) -> None:
+    args = s.args
     if args.json:
         print(json.dumps([h.to_json() for h in hits], ensure_ascii=False))
         return
     if not hits:
-        print("No results." if kind != "photo" else "No photos found. Index a folder first: picsift index FOLDER")
+        if kind == "caption":
+            print("No captions found.")
+        elif s.library.store.count_photos():
+            print(f"No photos matched under {shown(args.scope)}." if getattr(args, "scope", None)
+                  else "No photos matched.")
+        else:
+            print("The library has no photos yet. Index a folder first: picsift index FOLDER")
         return
     for h in hits:
         rr = f"  ce {h.rerank_score:.3f}" if h.rerank_score is not None else ""
-        print(f"{h.rank:3d}. {h.score:+.3f}{rr}  {h.path if h.path is not None else h.text}")
+        print(f"{h.rank:3d}. {h.score:+.3f}{rr}  {shown(h.path if h.path is not None else h.text)}")
 
 
 def cmd_search(s: Session) -> int:
@@ -215,7 +337,7 @@ def cmd_search(s: Session) -> int:
     if not args.json:
         _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
                    f"(reranked top {min(args.k, len(hits))})")
-    _print_hits(args, hits, "photo")
+    _print_hits(s, hits, "photo")
     return EXIT_OK
 
 
@@ -236,7 +358,7 @@ def cmd_captions(s: Session) -> int:
     if bar is not None:
         bar.close()
     hits = searcher.captions(args.image, n=args.n, k=args.k, collection=args.collection)
-    _print_hits(args, hits[: max(args.n, 0)], "caption")
+    _print_hits(s, hits[: args.n], "caption")
     return EXIT_OK
 
 
@@ -244,7 +366,7 @@ def cmd_similar(s: Session) -> int:
     from engine.search import Searcher
 
     hits = Searcher(s.library, s.model).similar(s.args.image, n=s.args.n)
-    _print_hits(s.args, hits, "photo")
+    _print_hits(s, hits, "photo")
     return EXIT_OK
 
 
@@ -260,20 +382,21 @@ def cmd_status(s: Session) -> int:
     if args.json:
         print(json.dumps(st, ensure_ascii=False))
         return EXIT_OK
-    print(f"Library:     {st['library']}")
-    print(f"Model:       {st['model']}")
+    print(f"Library:     {shown(st['library'])}")
+    print(f"Model:       {shown(st['model'])}")
     print(f"Device:      {st['device']}")
     print(f"Photos:      {st['photos']} in {len(st['folders'])} folder(s)")
     for f in st["folders"]:
-        print(f"             {f}")
+        print(f"             {shown(f)}")
     cache = st["rerank_cache"]
-    print(f"Rerank cache: {cache['photos']} photos, {cache['bytes'] / 1e6:.1f} MB of {cache['budget_bytes'] / 1e9:.1f} GB")
+    print(f"Rerank cache: {cache['photos']} photos, {format_size(cache['bytes'])} of "
+          f"{format_size(cache['budget_bytes'])}")
     print(f"Skipped:     {st['skipped']}")
     reasons: dict[str, int] = {}
     for e in st["errors"]:
         reasons[e["reason"]] = reasons.get(e["reason"], 0) + 1
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
-        print(f"             {count:5d}  {reason}")
+        print(f"             {count:5d}  {shown(reason)}")
     print(f"Collections: {', '.join(c['name'] + ' (' + str(c['captions']) + ')' for c in st['collections']) or 'none yet (the built-in one is added on first use)'}")
     return EXIT_OK
 
@@ -287,14 +410,14 @@ def cmd_collections(s: Session) -> int:
         if args.json:
             print(json.dumps({"name": name, "captions": count}))
         else:
-            print(f"Imported {count} captions as collection '{name}'.")
+            print(f"Imported {count} captions as collection '{shown(name)}'.")
         return EXIT_OK
     cols = s.library.store.collections()
     if args.json:
         print(json.dumps(cols))
     else:
         for c in cols:
-            print(f"{c['name']}: {c['captions']} captions ({c['source']})")
+            print(f"{shown(c['name'])}: {c['captions']} captions ({shown(c['source'])})")
         if not cols:
             print("No collections yet; the built-in one is added on first use of 'picsift captions'.")
     return EXIT_OK
@@ -307,8 +430,8 @@ def cmd_make_random_model(s: Session) -> int:
     if s.args.json:
         print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed}))
         return EXIT_OK
-    print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {path}. Its rankings are "
-          "meaningless; use it to try picsift without a download: --model " + str(path))
+    print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {shown(str(path))}. Its "
+          "rankings are meaningless; use it to try picsift without a download: --model " + shown(str(path)))
     return EXIT_OK
 
 
@@ -320,7 +443,7 @@ def cmd_bench(s: Session) -> int:
     from engine.models.random_blip import build_random_blip
 
     args = s.args
-    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    sizes = args.sizes
     with tempfile.TemporaryDirectory(prefix="picsift-bench-model-") as tmp:
         model_id = args.model or DEFAULT_MODEL
         note = model_id
@@ -356,17 +479,28 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
     """Run one command. extra_commands lets the app package add the window (`gui`) without the
     engine importing it."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(message)s")
+    level = logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s")
     handlers = {**COMMANDS, **(extra_commands or {})}
     if args.command not in handlers:
         print("picsift: the desktop window is not part of this installation (the app package is missing).",
               file=sys.stderr)
         return EXIT_USAGE
     session = Session(args)
+    # The engine's own warnings (notices) go to stderr through the session's filter, which lets
+    # each text through once: the same notice also arrives in progress records.
+    engine_log = logging.getLogger("picsift")
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(_OneLine("%(message)s"))
+    to_stderr.addFilter(session.once)
+    saved = engine_log.level, engine_log.propagate
+    engine_log.addHandler(to_stderr)
+    engine_log.setLevel(level)
+    engine_log.propagate = False
     try:
         return handlers[args.command](session)
     except PicsiftError as exc:
-        print(f"picsift: {exc}", file=sys.stderr)
+        print(f"picsift: {shown(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("picsift: interrupted; everything committed so far is kept, run the command again to resume.",
@@ -374,6 +508,9 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
         return EXIT_INTERRUPTED
     finally:
         session.close()
+        engine_log.removeHandler(to_stderr)
+        engine_log.setLevel(saved[0])
+        engine_log.propagate = saved[1]
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ class Library:
 
     def __init__(self, folder: str | os.PathLike, cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
                  exact_limit: int = EXACT_LIMIT, create: bool = True):
+        """create=False: open only a library that exists (a mistyped folder must not become an empty one)."""
         self.folder = Path(folder)
-        if not create and not (self.folder / self.DB_NAME).exists():
-            raise LibraryError(f"There is no picsift library at {self.folder} (index a folder to create one).")
+        if not create and not (self.folder / self.DB_NAME).is_file():
+            why = "the folder holds no library" if self.folder.is_dir() else "no such folder"
+            raise LibraryError(f"No library at {self.folder} ({why}); check --library or PICSIFT_HOME, "
+                               "or create one with: picsift index FOLDER")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -44,6 +44,9 @@ def make_window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
         w.close()
         assert not any(t.isRunning() for t in w.controller._threads), "a worker thread outlived the window"
         w.controller.library.close()
+    from app.workers import _job_pool
+
+    assert _job_pool().waitForDone(10_000), "an engine job outlived the window"
 
 
 def index_and_wait(qtbot, window, folders, timeout=60_000):

@@ -37,3 +37,28 @@ def test_synthetic_inputs_look_like_real_ones():
     q = far_queries(v, 50)
     nearest = (q @ v.T).max(axis=1)
     assert 0.2 < nearest.mean() < 0.9  # text-like: well away from every photo vector
+
+
+def test_bench_runs_where_there_is_no_resource_module(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Windows has neither `resource` nor /proc: the command still runs and leaves memory out."""
+    import importlib
+    import json
+    import sys
+
+    from engine.cli import main
+
+    monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` now fails, as on Windows
+    monkeypatch.delitem(sys.modules, "engine.bench", raising=False)
+    bench = importlib.import_module("engine.bench")  # the command's own import, done afresh
+    monkeypatch.setattr(bench, "PROC_STATUS", tmp_path / "no-proc" / "status")
+    assert bench._rss_mb() is None
+
+    folder = tmp_path / "photos"
+    for i in range(3):
+        make_photo(folder / f"{i}.png", seed=i, size=(80, 60))
+    rc = main(["bench", str(folder), "--photos", "3", "--sizes", "300", "--model", str(tiny_model_dir), "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    names = [f["name"] for f in json.loads(out)]
+    assert "index_photos_per_s" in names and "query_ms_300_k20" in names
+    assert "rss_mb" not in names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -306,7 +307,10 @@ def test_index_with_a_missing_model_folder(photo_folder, capsys, _isolated_home)
     _assert_one_error_line(err, "/nonexistent/folder")
 
 
-def test_search_with_a_missing_hub_model(capsys):
+def test_search_with_a_missing_hub_model(capsys, _isolated_home):
+    from engine.library import Library
+
+    Library(_isolated_home).close()  # an existing library: the model is what is missing
     rc, out, err = run(capsys, "search", "x", "--model", "some-org/missing-model")
     assert rc == 1
     assert out == ""
@@ -333,8 +337,10 @@ def test_library_option_puts_the_library_there(photo_folder, tiny_model_dir, tmp
     assert not (_isolated_home / "library.db").exists()
     status = run_json(capsys, "status", "--library", lib)
     assert status["library"] == str(lib) and status["photos"] == 12
-    # The default library (PICSIFT_HOME) is still empty.
-    assert run_json(capsys, "status")["photos"] == 0
+    # The default library (PICSIFT_HOME) was not made: status says so, and does not make it either.
+    rc, out, err = run(capsys, "status", "--json")
+    assert rc == 1 and out == "" and str(_isolated_home) in err
+    assert not _isolated_home.exists()
 
 
 def test_picsift_home_puts_the_library_there(photo_folder, tiny_model_dir, tmp_path, capsys, monkeypatch):
@@ -386,5 +392,171 @@ def test_sizes_parse_for_the_cache_budget():
 
     assert parse_size("4G") == 4 * 1024**3 and parse_size("500M") == 500 * 1024**2
     assert parse_size("1.5GB") == int(1.5 * 1024**3) and parse_size("0") == 0
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_size("lots")
+    for nonsense in ("lots", "-1G", "inf", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(nonsense)
+
+
+# ----- numbers that mean nothing -------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ("search", "x", "-n", "-3"), ("search", "x", "-n", "0"), ("search", "x", "-k", "-1"),
+    ("captions", "p.jpg", "-n", "-1"), ("captions", "p.jpg", "-k", "-2"), ("similar", "p.jpg", "-n", "-5"),
+    ("index", "--batch-size", "-4"), ("index", "--batch-size", "0"), ("index", "--cache-budget=-1G"),
+    ("bench", "f", "--photos", "-2"), ("bench", "f", "--sizes", "1000,-5"),
+    ("make-random-model", "d", "--seed", "-1"),
+])
+def test_meaningless_numbers_are_refused_in_one_line(argv, capsys, _isolated_home):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    option = next(a for a in argv if a.startswith("-")).split("=")[0]
+    assert lines[0].startswith(f"picsift {argv[0]}: argument {option}")
+    assert not _isolated_home.exists()  # the command did not run
+
+
+# ----- folders and libraries that are not there ----------------------------------
+
+
+def test_index_names_missing_folders_and_still_indexes_the_others(photo_folder, tiny_model_dir, tmp_path, capsys):
+    missing = tmp_path / "no-such-folder"
+    a_file = photo_folder / "home" / "photo_00.jpg"
+    rc, out, err = run(capsys, "index", photo_folder, missing, a_file, "--model", tiny_model_dir, "--json")
+    assert rc == 1
+    summary = json.loads(out)
+    assert summary["embedded"] == 12 and summary["photos"] == 12
+    assert summary["not_indexed"] == [f"folder not found: {missing}", f"not a folder: {a_file}"]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("picsift: ") and str(missing) in last and str(a_file) in last
+    # -q hides progress, not the error.
+    rc, out, err = run(capsys, "index", photo_folder, missing, "-q")
+    assert rc == 1 and "Nothing new to embed" in out
+    assert err.strip().splitlines() == [f"picsift: folder not found: {missing}; the other folders were indexed."]
+    assert run_json(capsys, "status")["folders"] == [str(photo_folder)]
+
+
+def test_index_of_only_missing_folders_fails_before_loading_anything(tmp_path, capsys, _isolated_home):
+    rc, out, err = run(capsys, "index", tmp_path / "nope", "--model", tmp_path / "no-model-either")
+    assert rc == 1 and out == ""
+    assert err.strip().splitlines() == [f"picsift: Folder not found: {tmp_path / 'nope'}."]
+    assert not _isolated_home.exists()
+
+
+@pytest.mark.parametrize("argv", [("status",), ("status", "--json"), ("search", "a dog"), ("captions", "PHOTO"),
+                                  ("similar", "PHOTO"), ("collections", "list")])
+def test_reading_a_library_that_is_not_there_creates_nothing(argv, photo_folder, tmp_path, capsys):
+    argv = [photo_folder / "home" / "photo_00.jpg" if a == "PHOTO" else a for a in argv]
+    for lib, why in ((tmp_path / "mistyped", "no such folder"), (photo_folder, "the folder holds no library")):
+        before = photo_paths(photo_folder)
+        rc, out, err = run(capsys, *argv, "--library", lib)
+        assert rc == 1 and out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("picsift: No library at ") and str(lib) in lines[0]
+        assert why in lines[0]
+        assert not (tmp_path / "mistyped").exists()
+        assert photo_paths(photo_folder) == before  # no library.db written among the photos
+
+
+# ----- what text output says -----------------------------------------------------
+
+
+def test_the_index_hint_shows_only_when_the_library_has_no_photos(indexed, tiny_model_dir, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rc, out, err = run(capsys, "search", "a dog", "--in", elsewhere)
+    assert rc == 0
+    assert out.strip() == f"No photos matched under {elsewhere}."
+
+    empty_lib = tmp_path / "empty-lib"
+    run_json(capsys, "index", elsewhere, "--model", tiny_model_dir, "--library", empty_lib)
+    for argv in (("search", "a dog"), ("similar", indexed / "home" / "photo_00.jpg")):
+        rc, out, err = run(capsys, *argv, "--library", empty_lib)
+        assert rc == 0
+        assert "Index a folder first" in out and "No photos matched" not in out
+
+
+def test_a_model_change_is_announced_once(indexed, tmp_path, capsys):
+    other = tmp_path / "other\nmodel"
+    assert run(capsys, "make-random-model", other, "--seed", "1")[0] == 0
+    rc, out, err = run(capsys, "index", "--model", other)
+    assert rc == 0, err
+    assert err.count("as well") == 1, err
+    assert f"embedded with '{tmp_path}/other\\nmodel' as well" in err  # escaped like every path in text output
+    assert err.count("Search now uses") == 1
+    assert "12 embedded" in out
+
+
+def test_control_characters_in_paths_are_escaped_in_text_but_exact_in_json(tiny_model_dir, tmp_path, capsys):
+    folder = tmp_path / "my\nphotos"
+    weird = make_photo(folder / "two\nlines\x1b.png", seed=1)
+    plain = make_photo(folder / "plain.png", seed=2)
+    (folder / "broken\r.jpg").write_bytes(b"")
+    rc, out, err = run(capsys, "index", folder, "--model", tiny_model_dir)
+    assert rc == 0, err
+    assert f"skipped {tmp_path}/my\\nphotos/broken\\r.jpg: " in err
+    assert f"Library: {tmp_path}" in err
+
+    escaped = f"{tmp_path}/my\\nphotos/two\\nlines\\x1b.png"
+    rc, out, err = run(capsys, "search", "a dog", "-k", "0")
+    lines = out.splitlines()
+    assert len(lines) == 2 and sum(line.endswith(escaped) for line in lines) == 1
+    rc, out, err = run(capsys, "similar", plain, "-n", "1")
+    assert out.splitlines() == [out.rstrip("\n")] and out.rstrip().endswith(escaped)
+    rc, out, err = run(capsys, "status")
+    assert f"             {tmp_path}/my\\nphotos\n" in out
+
+    assert {h["path"] for h in run_json(capsys, "search", "a dog", "-k", "0")} == {weird, plain}
+    assert run_json(capsys, "status")["folders"] == [str(folder)]
+
+
+def test_shown_escapes_what_would_break_a_line_and_keeps_the_rest():
+    from engine.cli import shown
+
+    assert shown("a\nb\tc\x1b[2Jd\x7f\u202eevil\u2028\udcff") == "a\\nb\\tc\\x1b[2Jd\\x7f\\u202eevil\\u2028\\udcff"
+    assert shown("café/フォト/📷 ünd — x.jpg") == "café/フォト/📷 ünd — x.jpg"
+
+
+def test_sizes_are_shown_in_binary_units(indexed, capsys):
+    rc, out, err = run(capsys, "index", "--cache-budget", "2G")
+    assert rc == 0
+    assert "Rerank cache budget: 2.0 GiB" in err
+    rc, out, err = run(capsys, "status")
+    line = next(x for x in out.splitlines() if x.startswith("Rerank cache:"))
+    assert re.fullmatch(r"Rerank cache: 12 photos, \d+\.\d (KiB|MiB) of 2\.0 GiB", line), line
+
+
+def test_format_size_uses_binary_units():
+    from engine.cli import format_size, parse_size
+
+    assert [format_size(n) for n in (0, 1023, 1024, 1536 * 1024, 5 * 1024**4)] == [
+        "0 B", "1023 B", "1.0 KiB", "1.5 MiB", "5.0 TiB"]
+    for text in ("2G", "500M", "1.5G", "64K"):
+        assert format_size(parse_size(text)) == {"2G": "2.0 GiB", "500M": "500.0 MiB", "1.5G": "1.5 GiB",
+                                                 "64K": "64.0 KiB"}[text]
+
+
+def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_dir, capsys, monkeypatch):
+    import gc
+
+    import engine.indexer
+    from engine.indexer import IndexProgress
+
+    def interrupted(library, model, folders, **options):
+        yield IndexProgress("scanning")
+        yield IndexProgress("indexing", total=12)
+        yield IndexProgress("indexing", done=4, total=12, current=str(photo_folder / "home" / "photo_00.jpg"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.indexer, "index_folders", interrupted)
+    rc, out, err = run(capsys, "index", photo_folder, "--model", tiny_model_dir)
+    gc.collect()  # a bar nobody closed draws itself once more when it is collected
+    err += capsys.readouterr().err
+    assert rc == 130 and out == ""
+    before, message, after = err.partition("picsift: interrupted")
+    assert message and "4/12" in before
+    assert after.count("\n") == 1 and after.endswith("resume.\n"), repr(after)

@@ -177,45 +177,85 @@ def test_out_of_memory_halves_batch_then_falls_back_to_cpu(tiny_model, monkeypat
 
 
 def test_first_run_downloads_with_byte_progress(tiny_model_dir, tmp_path, monkeypatch):
-    """The hub is simulated: its listing and file fetches serve the tiny checkpoint's files."""
+    """The hub is simulated at its API: the repo listing serves the tiny checkpoint's files (plus
+    ones a PyTorch load never reads), and each file's fetch feeds the progress bar it is given as
+    a real download does; huggingface_hub's own snapshot_download runs in between."""
     import os
     import shutil
     from types import SimpleNamespace
 
     import huggingface_hub
+    import huggingface_hub._snapshot_download as hub_snapshot
+    from huggingface_hub import constants
+    from huggingface_hub.hf_api import RepoFile
 
     import engine.models.registry as registry
 
     files = sorted(p.name for p in tiny_model_dir.iterdir())
-    snapshot = tmp_path / "hub" / "snapshots" / "abc"
+    assert "model.safetensors" in files
+    sizes = {f: os.path.getsize(tiny_model_dir / f) for f in files}
+    unwanted = {"tf_model.h5": 999, "README.md": 5, ".gitattributes": 3, "pytorch_model.bin": 777,
+                "onnx/model.onnx": 55}
+    commit = "c0ffee" * 6 + "c0ff"
+    cache = tmp_path / "hub-cache"
     fetched = []
 
-    def model_info(self, repo_id, files_metadata=False):
-        assert repo_id == "org/tiny-blip" and files_metadata
-        extra = [SimpleNamespace(rfilename="tf_model.h5", size=999), SimpleNamespace(rfilename="README.md", size=5)]
-        return SimpleNamespace(siblings=[SimpleNamespace(rfilename=f, size=os.path.getsize(tiny_model_dir / f))
-                                         for f in files] + extra)
+    def repo_info(self, repo_id, **kw):
+        assert repo_id == "org/tiny-blip"
+        return SimpleNamespace(sha=commit)
 
-    def hf_hub_download(repo_id, filename, tqdm_class=None, **kw):
+    def list_repo_tree(self, repo_id, path_in_repo=None, *, recursive=False, **kw):
+        assert repo_id == "org/tiny-blip" and recursive
+        for name, size in {**sizes, **unwanted}.items():
+            yield RepoFile(path=name, size=size, oid=f"oid-{name}")
+
+    def hf_hub_download(repo_id, filename, *, revision=None, cache_dir=None, tqdm_class=None, **kw):
         fetched.append(filename)
-        size = os.path.getsize(tiny_model_dir / filename)
-        if tqdm_class is not None:
-            bar = tqdm_class(total=size, unit="B")
-            for _ in range(0, size, max(1, size // 3)):
-                bar.update(min(max(1, size // 3), size - bar.n))
-            bar.close()
+        size = sizes[filename]
+        bar = tqdm_class(total=size, initial=0, desc=filename)  # as a download over HTTP does
+        sent = 0
+        while sent < size:
+            chunk = min(max(1, size // 3), size - sent)
+            bar.update(chunk)
+            sent += chunk
+        bar.close()
+        snapshot = cache / "models--org--tiny-blip" / "snapshots" / revision
         snapshot.mkdir(parents=True, exist_ok=True)
         shutil.copy(tiny_model_dir / filename, snapshot / filename)
         return str(snapshot / filename)
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", repo_info)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", list_repo_tree)
+    monkeypatch.setattr(hub_snapshot, "hf_hub_download", hf_hub_download)
     monkeypatch.setattr(registry, "hub_reachable", lambda timeout=3.0: True)
     progress = []
-    model = load_model("org/tiny-blip", device="cpu", on_download=lambda d, t, n: progress.append((d, t)))
-    assert sorted(fetched) == files  # other frameworks' weights and docs are not fetched
-    total = sum(os.path.getsize(tiny_model_dir / f) for f in files)
-    assert progress[-1] == (total, total)
-    done = [d for d, _ in progress]
+    model = load_model("org/tiny-blip", device="cpu", on_download=lambda d, t, n: progress.append((d, t, n)))
+    assert sorted(fetched) == files  # other frameworks' weights, docs and the .bin twin are not fetched
+    total = sum(sizes.values())
+    assert progress[-1] == (total, total, "org/tiny-blip")
+    done = [d for d, _, _ in progress]
     assert done == sorted(done) and len(set(done)) > len(files)  # progress within files, not only per file
+    assert all(d <= t for d, t, _ in progress)
     assert model.model_id == "org/tiny-blip" and model.dim == 16
+
+
+def test_download_takes_bin_weights_only_where_there_are_no_safetensors(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    from engine.models.download import download
+
+    listings = {"org/both": ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "README.md"],
+                "org/bin-only": ["config.json", "pytorch_model.bin", "flax_model.msgpack", "onnx/model.onnx",
+                                 "vocab.txt"]}
+    asked = {}
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: listings[repo_id])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kw: asked.setdefault(repo_id, kw) and f"/cache/{repo_id}")
+    fetched = {}
+    for repo, names in listings.items():
+        assert download(repo) == f"/cache/{repo}"
+        fetched[repo] = sorted(filter_repo_objects(names, ignore_patterns=asked[repo]["ignore_patterns"]))
+    assert fetched == {"org/both": ["config.json", "model.safetensors"],
+                       "org/bin-only": ["config.json", "pytorch_model.bin", "vocab.txt"]}

@@ -2,72 +2,60 @@
 
 from __future__ import annotations
 
-import os
+import threading
 from typing import Callable
 
-ProgressCallback = Callable[[int, int, str], None]  # (bytes done, bytes in all, current file)
+# (bytes done, bytes in all, what is fetched). The files come in parallel, so the third is the
+# checkpoint's id rather than one file's name, and the total grows as each file's download starts.
+ProgressCallback = Callable[[int, int, str], None]
 
-# Weights of other frameworks and export formats that a PyTorch load never reads.
-SKIP_SUFFIXES = (".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".md", ".gitattributes")
+# Files a PyTorch load never reads: other frameworks' weights, export formats, docs.
+IGNORE_PATTERNS = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "*.md", ".gitattributes",
+                   "onnx/*", "tf/*", "flax/*"]
 
-
-def files_to_fetch(files: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The files a transformers load needs: safetensors weights when present, else the .bin ones."""
-    names = {n for n, _ in files}
-    has_safetensors = any(n.endswith(".safetensors") for n in names)
-    keep = []
-    for name, size in files:
-        if name.endswith(SKIP_SUFFIXES) or "/" in name and name.split("/")[0] in ("onnx", "tf", "flax"):
-            continue
-        if has_safetensors and name.endswith(".bin"):
-            continue
-        keep.append((name, size))
-    return keep
+# The name snapshot_download gives the progress bar that sums the bytes of all its files
+# (huggingface_hub 1.1 and later); its other bars count files or network transfer.
+BYTES_BAR = "huggingface_hub.snapshot_download"
 
 
 def download(model_id: str, on_progress: ProgressCallback | None = None) -> str:
-    """Fetch a checkpoint into the hub cache; returns its local snapshot folder."""
-    from huggingface_hub import HfApi, hf_hub_download
+    """Fetch a checkpoint into the hub cache; returns its local snapshot folder.
 
-    info = HfApi().model_info(model_id, files_metadata=True)
-    files = files_to_fetch([(s.rfilename, int(s.size or 0)) for s in info.siblings or []])
-    total = sum(size for _, size in files)
-    done = 0
-    folder = None
-    for name, size in files:
-        kwargs = {}
-        if on_progress is not None:
-            kwargs["tqdm_class"] = _reporting_bar(on_progress, done, total, name)
-            on_progress(done, total, name)
-        path = hf_hub_download(model_id, name, **kwargs)
-        folder = path[: -len(name)].rstrip(os.sep) if path.endswith(name) else os.path.dirname(path)
-        done += size
-        if on_progress is not None:
-            on_progress(done, total, name)
-    if folder is None:
-        raise OSError(f"the hub lists no files for {model_id}")
-    return folder
+    on_progress is called from the hub's download threads.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    ignore = list(IGNORE_PATTERNS)
+    # Patterns cannot say "the .bin weights only where there are no safetensors": the listing decides.
+    if any(name.endswith(".safetensors") for name in HfApi().list_repo_files(model_id)):
+        ignore.append("*.bin")
+    tqdm_class = None if on_progress is None else _reporting_bar(on_progress, model_id)
+    return snapshot_download(model_id, ignore_patterns=ignore, tqdm_class=tqdm_class)
 
 
-def _reporting_bar(on_progress: ProgressCallback, offset: int, total: int, name: str):
-    from tqdm.auto import tqdm
+def _reporting_bar(on_progress: ProgressCallback, label: str):
+    from huggingface_hub.utils import tqdm as hub_tqdm
 
-    class ReportingBar(tqdm):
+    class ReportingBar(hub_tqdm):
+        """Draws nothing (the window shows the progress); the snapshot's bytes bar passes its count on.
+
+        A disabled tqdm does not count, so this one counts its updates itself; they come from
+        several download threads at once.
+        """
+
         def __init__(self, *args, **kwargs):
-            kwargs["file"] = open(os.devnull, "w")  # the window shows progress; nothing goes to a terminal
+            self._reports = kwargs.get("name") == BYTES_BAR
+            self._count_lock = threading.Lock()
+            kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
         def update(self, n=1):
-            result = super().update(n)
-            on_progress(offset + int(self.n), total, name)
-            return result
-
-        def close(self):
-            fh = self.fp
-            super().close()
-            try:
-                fh.close()
-            except Exception:
-                pass
+            if not self._reports:
+                return super().update(n)
+            with self._count_lock:
+                self.n += n or 0
+                done, total = int(self.n), int(self.total or 0)
+            on_progress(done, total, label)
+            return None
 
     return ReportingBar

@@ -20,9 +20,10 @@ _memo_lock = threading.Lock()
 
 
 def _memo_path() -> Path:
-    from engine.paths import cache_dir
+    import platformdirs
 
-    return cache_dir() / "checkpoint-hashes.json"
+    # The user's cache, not a library's: a checkpoint is the same whichever library uses it.
+    return Path(platformdirs.user_cache_dir("picsift", appauthor=False)) / "checkpoint-hashes.json"
 
 
 def _file_digest(path: Path, memo: dict) -> str:
