@@ -33,6 +33,9 @@ def _common(nested: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--model", metavar="ID_OR_DIR", default=default(None),
                    help="hub id or local checkpoint folder (default: the library's model, else "
                         "Salesforce/blip-itm-base-coco)")
+    g.add_argument("--ce-model", metavar="ID_OR_DIR", default=default(None),
+                   help="rerank with the cross-encoder of another checkpoint (separately trained BE and CE); "
+                        "default: the --model checkpoint's own")
     g.add_argument("--device", default=default("auto"), choices=["auto", "cuda", "mps", "cpu"], help="default: auto")
     g.add_argument("--precision", default=default("auto"), choices=["auto", "fp32", "fp16"],
                    help="auto: fp16 on GPU, fp32 on CPU; fp32 keeps the exact path")
@@ -179,7 +182,11 @@ class Session:
             from engine.models import DEFAULT_MODEL, load_model
 
             model_id = self.args.model or self.library.model_id or DEFAULT_MODEL
-            self._model = load_model(model_id, device=self.args.device, precision=self.args.precision)
+            ce_model = getattr(self.args, "ce_model", None)
+            if ce_model is None and not self.args.model:
+                ce_model = self.library.store.get_meta("ce_source")  # the library's separately trained CE
+            self._model = load_model(model_id, device=self.args.device, precision=self.args.precision,
+                                     ce_model=ce_model)
         return self._model
 
     def notice(self, msg: str) -> None:
@@ -389,8 +396,15 @@ def cmd_status(s: Session) -> int:
     for f in st["folders"]:
         print(f"             {shown(f)}")
     cache = st["rerank_cache"]
-    print(f"Rerank cache: {cache['photos']} photos, {format_size(cache['bytes'])} of "
+    if st.get("ce_model"):
+        print(f"Reranker:    {shown(st['ce_model'])}")
+    for m in st.get("models", []):
+        if not m["active"]:
+            print(f"Also:        {shown(m['name'])}: {m['photos']} of {st['readable']} photos embedded (not searched)")
+    print(f"Rerank cache: {cache['photos']} of {st['photos']} photos cached, {format_size(cache['bytes'])} of "
           f"{format_size(cache['budget_bytes'])}")
+    if st.get("read_only"):
+        print("Read-only:   searching works; indexing needs write access")
     print(f"Skipped:     {st['skipped']}")
     reasons: dict[str, int] = {}
     for e in st["errors"]:

@@ -148,7 +148,7 @@ def test_a_new_query_cancels_the_one_in_flight(qtbot, make_window, photo_folder)
     window.run_search()
     assert first.token.cancelled  # the first search's worker was told to stop
     qtbot.waitUntil(lambda: bool(seen) and seen[-1][1].done, timeout=30_000)
-    qtbot.waitUntil(first.isFinished, timeout=30_000)
+    qtbot.waitUntil(lambda: not first.isRunning(), timeout=30_000)
     qtbot.wait(50)  # anything the first worker still sent has been delivered by now
     last_request = window.controller._request
     assert {r for r, _ in seen} == {last_request}  # no update of the first query reached the window

@@ -560,3 +560,31 @@ def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_
     before, message, after = err.partition("picsift: interrupted")
     assert message and "4/12" in before
     assert after.count("\n") == 1 and after.endswith("resume.\n"), repr(after)
+
+
+def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, tmp_path, capsys, tiny_model_dir):
+    """Sep+Coop: the BE of one checkpoint, the CE of another; vectors stay the BE's, the rerank is the CE's."""
+    from engine.library import Library
+    from engine.models import load_model
+
+    ce_dir = tmp_path / "ce"
+    assert run(capsys, "make-random-model", ce_dir, "--seed", "4")[0] == 0
+    rc, out, err = run(capsys, "index", "--model", tiny_model_dir, "--ce-model", ce_dir, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["embedded"] == 0  # the BE is unchanged: no photo is embedded again
+    rc, out, err = run(capsys, "search", "a dog on the beach", "-n", "5", "-k", "5", "--json")
+    hits = json.loads(out)
+    own = load_model(str(tiny_model_dir), device="cpu")
+    sep = load_model(str(tiny_model_dir), device="cpu", ce_model=str(ce_dir))
+    from engine.search import Searcher
+
+    with Library(os.environ["PICSIFT_HOME"]) as lib:
+        expected = Searcher(lib, sep).search("a dog on the beach", n=5, k=5)
+        theirs = Searcher(lib, own).search("a dog on the beach", n=5, k=5)
+    # The CLI scored fresh fp32 features, these read them back from the int8 cache: within its 0.02 bound.
+    assert [h["rerank_score"] for h in hits] == pytest.approx([h.rerank_score for h in expected], abs=0.02)
+    got, other_ce = {h["path"]: h["rerank_score"] for h in hits}, {h.path: h.rerank_score for h in theirs}
+    assert max(abs(got[p] - other_ce[p]) for p in got.keys() & other_ce.keys()) > 0.05  # not the BE's own CE
+    rc, out, err = run(capsys, "status")
+    assert f"Reranker:    {ce_dir}" in out
+    assert "Rerank cache: 5 of 12 photos cached" in out  # what the query reranked, under the new CE's key
