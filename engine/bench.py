@@ -1,26 +1,77 @@
-"""`picsift bench`: measures this machine, one figure at a time.
+"""`picsift bench`: measures this machine, one checked figure at a time.
 
-Each figure is a record (name, value, unit, note). Model figures use the given
-checkpoint, or BLIP base's architecture with random weights (same cost); photo
-figures use real photos from a folder; the large-collection figures use
-synthetic clustered vectors of the model's dimension.
+Every figure is a record (name, value, unit, note) whose note says what it was
+measured on: library size, rerank-cache hit rate, precision, photos. A figure is
+yielded only after the work it times was checked to have happened (the library
+holds exactly the photos given, every rerank produced a CE score for each of its
+k hits, the caches hold the entries they should, FAISS returned k results);
+anything else raises BenchError, because no figure is better than a wrong one.
+
+What is measured:
+- the machine: matrix-multiply GFLOP/s in fp32 and bf16 with the model's threads
+  (`engine.machine`), and the model's arithmetic per photo, query and CE pair
+  counted from its configuration, so that model timings can also be read as a
+  share of what the machine can do (a figure that travels between machines);
+- real photos from a folder, indexed into a real library: decoding, indexing,
+  disk per photo, text and photo embedding, CE rerank from the cache and without;
+- fp32 against bf16 for the vision encoder and the CE: speed and agreement;
+- large libraries (10k to 1M photos): a FAISS index of synthetic clustered
+  vectors plus the real photos' vectors, in which every synthetic id stands for
+  one of the real photos, so that a text query's own top k hits are reranked end
+  to end: from the rerank cache when its budget would hold that photo at that
+  library size, through the vision encoder when it would not;
+- `picsift search` as a user runs it: a fresh process, imports and model load;
+- repeated queries against a rerank cache smaller than what they reach.
 """
 
 from __future__ import annotations
 
+import copy
 import io
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine.imaging import decode, is_supported
+from engine.errors import ImageError, PicsiftError
+from engine.imaging import decode, is_supported, open_photo
+from engine.token_cache import DEFAULT_BUDGET_BYTES
+from engine.vector_index import EXACT_LIMIT
+
+K = 20  # hits reranked per query, as the app does by default
+RECALL_QUERIES = 200
+RECALL_SEED = 7  # not the seed VectorIndex.build calibrates with: recall is measured on held-out queries
+OUTLIER_SCALE = 50.0  # outlier channels of a trained-like vision encoder, as large as a trained ViT's
+
+# Distinct queries: the repeated-query workload asks each several times; the large-library figures use the first few.
+QUERIES = [
+    "a dog runs on the beach", "two children playing football in a park", "a man rides a bicycle down a city street",
+    "a woman in a red dress", "snow on the mountains", "a black and white dog jumps over a log",
+    "people sitting at a table in a restaurant", "a boy jumps into a swimming pool", "a group of people on a hill",
+    "a brown horse in a green field", "a girl with a pink umbrella in the rain", "a surfer rides a big wave",
+    "a crowd watching a concert at night", "a cat sleeping on a couch", "a man climbing a rock",
+    "an old church tower", "a little girl eating cake", "two dogs playing with a ball in the snow",
+    "a skier going down a snowy hill", "a bus on a busy street",
+]
+
+
+class BenchError(PicsiftError):
+    """A measurement did not happen as it should; its figure would be meaningless."""
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise BenchError(f"bench: {what}; no figure was reported for it.")
 
 
 @dataclass
@@ -64,6 +115,7 @@ def _rss_mb() -> float | None:
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
+# ----- synthetic inputs ------------------------------------------------------------
 def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:
     """Unit vectors around cluster centres, as photo collections are (random uniform ones are not)."""
     rng = np.random.default_rng(seed)
@@ -75,16 +127,6 @@ def clustered_vectors(n: int, dim: int, seed: int = 0, clusters: int = 2000) -> 
         out[i : i + m] = centres[rng.integers(0, clusters, m)] + rng.normal(scale=0.6, size=(m, dim)).astype(np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
-
-
-def far_queries(vectors: np.ndarray, count: int, seed: int = 1) -> np.ndarray:
-    """Queries far from the photos, as text queries are (cosine 0.3 to 0.6 to their nearest)."""
-    rng = np.random.default_rng(seed)
-    q = vectors[rng.choice(len(vectors), count, replace=False)].copy()
-    noise = rng.normal(size=q.shape).astype(np.float32)
-    noise *= rng.uniform(1.2, 2.5, size=(count, 1)).astype(np.float32) / np.linalg.norm(noise, axis=1, keepdims=True)
-    q += noise
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
 def synthetic_jpeg(width: int = 4000, height: int = 3000) -> bytes:
@@ -102,137 +144,628 @@ def synthetic_jpeg(width: int = 4000, height: int = 3000) -> bytes:
 
 
 def _photos(folder: str, limit: int) -> list[str]:
+    """Up to `limit` photo files under folder as absolute paths (the bench links them into a temporary
+    folder, where a relative target would dangle), one per content (a copy is indexed as the same photo)."""
+    import hashlib
+
+    root = os.path.abspath(os.path.expanduser(folder))
+    if not os.path.isdir(root):
+        raise BenchError(f"bench: {folder} is not a folder of photos.")
     found = []
-    for root, _dirs, files in os.walk(folder):
-        for f in sorted(files):
-            if is_supported(f):
-                found.append(os.path.join(root, f))
-    return sorted(found)[:limit]
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        found += [os.path.join(dirpath, f) for f in sorted(files) if is_supported(f)]
+    out, seen = [], set()
+    for path in sorted(found):
+        if len(out) >= limit:
+            break
+        try:
+            with open(path, "rb") as fh:
+                digest = hashlib.blake2b(fh.read(), digest_size=16).digest()
+        except OSError:
+            out.append(path)  # unreadable: indexing records why, and the bench stops on it
+            continue
+        if digest not in seen:
+            seen.add(digest)
+            out.append(path)
+    return out
 
 
+# ----- the model's arithmetic, counted from its configuration -------------------------------
+def _layer_flops(tokens: int, width: int, mlp: int) -> float:
+    """One transformer layer over `tokens` tokens: Q, K, V and output projections, the attention's two
+    products, the MLP. Multiply-adds count as two operations."""
+    return 8.0 * tokens * width * width + 4.0 * tokens * width * mlp + 4.0 * tokens * tokens * width
+
+
+def blip_vision_flops(config) -> float:
+    """Operations of BLIP's vision encoder and BE projection for one photo (patch embedding, every layer)."""
+    vc = config.vision_config
+    patches = (vc.image_size // vc.patch_size) ** 2
+    d = vc.hidden_size
+    embed = 2.0 * patches * d * 3 * vc.patch_size**2
+    return embed + vc.num_hidden_layers * _layer_flops(patches + 1, d, vc.intermediate_size) \
+        + 2.0 * d * config.image_text_hidden_size
+
+
+def blip_text_flops(config, tokens: int) -> float:
+    """Operations of the BE text encoder (self-attention only) and its projection for one query."""
+    tc = config.text_config
+    return tc.num_hidden_layers * _layer_flops(tokens, tc.hidden_size, tc.intermediate_size) \
+        + 2.0 * tc.hidden_size * config.image_text_hidden_size
+
+
+def blip_ce_flops(config, tokens: int) -> float:
+    """Operations of one (query, photo) CE pair as engine.models.blip_ce computes it: queries projected into
+    the image-token space (never the image tokens into keys and values), the last layer on [CLS] only."""
+    tc, vc = config.text_config, config.vision_config
+    d, m, heads, L = tc.hidden_size, tc.intermediate_size, tc.num_attention_heads, tokens
+    w, n = vc.hidden_size, (vc.image_size // vc.patch_size) ** 2 + 1
+
+    def cross(rows: int) -> float:  # query and output projections, Q Wk and (A X) Wv, the two products over X
+        return 4.0 * rows * d * d + 4.0 * rows * d * w + 4.0 * heads * rows * w * n
+
+    full = 8.0 * L * d * d + 4.0 * L * L * d + cross(L) + 4.0 * L * d * m
+    last = 4.0 * d * d + 4.0 * L * d * d + 4.0 * L * d + cross(1) + 4.0 * d * m  # keys and values of all rows
+    return (tc.num_hidden_layers - 1) * full + last + 2.0 * d * 2
+
+
+def _blip_checkpoint(stage):
+    ckpt = getattr(stage, "ckpt", None)
+    if ckpt is None or not hasattr(getattr(ckpt, "model", None), "vision_model"):
+        raise BenchError("bench: the arithmetic and bf16 figures know BLIP checkpoints only.")
+    return ckpt
+
+
+# ----- fp32 against bf16 --------------------------------------------------------------
+def _looks_untrained(module) -> bool:
+    """Every LayerNorm is the identity and every bias zero: weights as a fresh Hugging Face model has them."""
+    import torch
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.LayerNorm) and m.weight is not None and m.bias is not None:
+            if not (bool(torch.all(m.weight == 1)) and bool(torch.all(m.bias == 0))):
+                return False
+    return True
+
+
+def trained_like(module, seed: int = 0):
+    """(module, how) for the bf16 agreement figures: the model itself when its weights already spread
+    like a trained one's, else a copy given random biases and LayerNorm gains and shifts and a few vision
+    token channels OUTLIER_SCALE times larger (their readers scaled down to match), as trained ViTs have.
+    Identity LayerNorms and zero biases would hide exactly the rounding bf16 does to large activations."""
+    import torch
+
+    if not _looks_untrained(module):
+        return module, "the model's own weights"
+    module = copy.deepcopy(module)
+    gen = torch.Generator().manual_seed(10_007 + seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.LayerNorm) and m.weight is not None and m.bias is not None:
+                m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+            elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.bias is not None:
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+        norm = module.vision_model.post_layernorm
+        width = norm.weight.shape[0]
+        channels = torch.randperm(width, generator=gen)[: max(1, width // 192)]
+        norm.weight[channels] *= OUTLIER_SCALE
+        norm.bias[channels] *= OUTLIER_SCALE
+        readers = [module.vision_proj] + [m for layer in module.text_encoder.encoder.layer
+                                          for m in (layer.crossattention.self.key, layer.crossattention.self.value)]
+        for linear in readers:
+            linear.weight[:, channels] /= OUTLIER_SCALE
+    return module, (f"random weights given random biases and LayerNorms and {len(channels)} outlier "
+                    f"channel(s) x{OUTLIER_SCALE:g} in the vision tokens")
+
+
+def compare_bf16(ckpt, images, queries: Sequence[str]) -> dict:
+    """Vision encoder and CE in the model's fp32 and under bf16 autocast, on a trained-like copy: ms per
+    photo, ms per query over len(images) candidates, and the CE probabilities of each (queries x images)."""
+    import torch
+
+    from engine.models.blip_ce import itm_logits
+    from engine.models.blip_vision import vision_tokens
+
+    module, how = trained_like(ckpt.model)
+    px = ckpt.preprocess(images).to(ckpt.device, torch.float32)
+    out: dict = {"how": how}
+    for mode in ("fp32", "bf16"):
+        ctx = torch.autocast(ckpt.device.split(":")[0], dtype=torch.bfloat16) if mode == "bf16" else nullcontext()
+        with torch.inference_mode(), ctx:
+            vision_tokens(module.vision_model, px[:1])  # warm-up: first calls pick kernels
+            t = time.perf_counter()
+            tokens = torch.cat([vision_tokens(module.vision_model, px[i : i + ckpt.image_batch_size])
+                                for i in range(0, len(px), ckpt.image_batch_size)])
+            vision_ms = (time.perf_counter() - t) * 1000 / len(px)
+            probs, times = [], []
+            for q in [queries[0], *queries]:  # the first is a warm-up
+                inputs = ckpt.text_inputs([q])
+                ids = inputs["input_ids"].expand(len(tokens), -1).to(ckpt.device)
+                mask = inputs["attention_mask"].expand(len(tokens), -1).to(ckpt.device)
+                t = time.perf_counter()
+                step = ckpt.ce_batch_size
+                logits = torch.cat([itm_logits(module, ids[i : i + step], mask[i : i + step], tokens[i : i + step])
+                                    for i in range(0, len(tokens), step)])
+                p = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
+                times.append((time.perf_counter() - t) * 1000)
+                probs.append(p)
+        out[mode] = {"vision_ms": vision_ms, "ce_ms": statistics.median(times[1:]), "probs": np.stack(probs[1:])}
+    return out
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, n: int = 5) -> float:
+    """Mean share of each row's top n (by a) that is also in its top n by b."""
+    return float(np.mean([len(set(np.argsort(-x, kind="stable")[:n]) & set(np.argsort(-y, kind="stable")[:n])) / n
+                          for x, y in zip(a, b)]))
+
+
+# ----- large libraries: a real library's photos behind a large index ------------------------------
+@dataclass
+class _QueryRun:
+    total_ms: float
+    be_ms: float  # text embedding and FAISS
+    first_ms: float  # to the first CE score
+    hits: int
+    cached: int  # hits whose features came from the rerank cache
+
+
+class LargeLibrary:
+    """A FAISS index of `size` vectors over a real library's photos.
+
+    The real photos' vectors plus synthetic clustered ones; every vector has a virtual photo id, a random
+    permutation of 0..size-1 (the order photos were indexed in), and every synthetic id stands for the real
+    photo `id mod n_real`, so each hit of the large index is a real file the vision encoder can read. The
+    rerank cache is taken to hold the first `cached_photos` photos indexed (as indexing fills it while it
+    has room): a hit's features come from the cache only when its id is below that, so a random hit is
+    cached with probability min(1, cached_photos / size), whichever vectors a query lands on.
+    """
+
+    def __init__(self, lib, model, size: int, exact_limit: int = EXACT_LIMIT, seed: int = 0):
+        from engine.vector_index import VectorIndex
+
+        key = model.be.key
+        real_ids, real_vecs = lib.store.vectors(key)
+        n_real = len(real_ids)
+        _check(0 < n_real <= size, f"a library of {size:,} photos cannot hold the {n_real} real ones")
+        paths, hashes = lib.store.paths(real_ids.tolist()), lib.store.hashes(real_ids.tolist())
+        self.paths = [paths[int(i)] for i in real_ids]
+        self.hashes = [hashes[int(i)] for i in real_ids]
+        self.vectors = np.concatenate([real_vecs.astype(np.float32),
+                                       clustered_vectors(size - n_real, model.dim, seed=seed)])
+        self.ids = np.random.default_rng(size + seed).permutation(size).astype(np.int64)
+        self.photo_of = (np.arange(size) % n_real).astype(np.int64)
+        self.photo_of[self.ids[:n_real]] = np.arange(n_real)
+        t = time.perf_counter()
+        self.index = VectorIndex.build(self.ids, self.vectors, model.dim, exact_limit=exact_limit)
+        self.build_s = time.perf_counter() - t
+        self.size = size
+        self.lib, self.model = lib, model
+
+    def describe(self) -> str:
+        vi = self.index
+        return vi.kind + (f", nprobe {vi.nprobe}" if vi.kind == "ivf" else "") + f", built in {self.build_s:.1f} s"
+
+    def top_ids(self, text: str, k: int = K) -> list[int]:
+        """The photo ids of a text query's top k (BE stage only)."""
+        _, found = self.index.search(self.model.embed_texts([text]), k)
+        return [int(v) for v in found[0] if v >= 0]
+
+    def query(self, text: str, cached_photos: int = 0, lru=None, k: int = K) -> _QueryRun:
+        """One text query end to end, as Searcher runs it: BE vector, FAISS top k, then the CE over the k hits
+        in the app's chunks, each hit's features from the rerank cache when it holds them, else encoded from
+        the photo file and stored (evicting, as a query's rerank does).
+
+        Without `lru`, the cache is the real library's, taken to hold the photos with ids below
+        `cached_photos`. With `lru` (a TokenCache), that cache is used as the app uses its own: features
+        stored under each photo's id, found there or not, least recently used entries evicted."""
+        from engine.search import Searcher
+        from engine.token_cache import format_for
+
+        model, lib, ce = self.model, self.lib, self.model.ce
+        fmt = format_for(model)
+        t0 = time.perf_counter()
+        vec = model.embed_texts([text])
+        _, found = self.index.search(vec, k)
+        t_be = time.perf_counter()
+        vids = [int(v) for v in found[0] if v >= 0]
+        _check(len(vids) == min(k, self.size), f"FAISS returned {len(vids)} hits of {k} in a library of {self.size:,}")
+        probs: list[float] = []
+        first = None
+        cached = 0
+        pos, size = 0, Searcher.first_batch
+        while pos < len(vids):
+            chunk, pos, size = vids[pos : pos + size], pos + size, Searcher.ce_chunk
+            photos = [int(self.photo_of[v]) for v in chunk]
+            if lru is not None:
+                keys = [f"photo-{v}" for v in chunk]
+                got = lru.get_many(ce.key, keys)
+                feats = [got.get(key) for key in keys]
+                cache, store_keys = lru, keys
+            else:
+                want = {i: self.hashes[p] for i, (v, p) in enumerate(zip(chunk, photos)) if v < cached_photos}
+                got = lib.tokens.get_many(ce.key, want.values()) if want else {}
+                _check(all(h in got for h in want.values()), "a hit the rerank cache should hold was not in it")
+                feats = [got[want[i]] if i in want else None for i in range(len(chunk))]
+                cache, store_keys = lib.tokens, [self.hashes[p] for p in photos]
+            rest = [i for i, f in enumerate(feats) if f is None]
+            cached += len(chunk) - len(rest)
+            if rest:
+                try:
+                    images = [open_photo(self.paths[photos[i]], model.image_size).image for i in rest]
+                except ImageError as exc:
+                    raise BenchError(f"bench: a photo indexed moments ago could not be read: {exc}") from None
+                fresh = model.reranker_features(ce, images)
+                cache.put_many(ce.key, [(store_keys[i], f) for i, f in zip(rest, fresh)], fmt, evict=True)
+                for i, f in zip(rest, fresh):
+                    feats[i] = f
+            probs.extend(ce.score(text, np.stack(feats)).tolist())
+            if first is None:
+                first = time.perf_counter()
+        end = time.perf_counter()
+        p = np.asarray(probs)
+        _check(len(p) == len(vids) and bool(np.all(np.isfinite(p))) and bool(np.all((p >= 0) & (p <= 1))),
+               f"the CE gave {len(p)} valid scores for {len(vids)} hits")
+        return _QueryRun((end - t0) * 1000, (t_be - t0) * 1000, (first - t0) * 1000, len(vids), cached)
+
+
+def repeated_queries(big: LargeLibrary, cache_path: str | os.PathLike, entry_bytes: int, queries: Sequence[str],
+                     times: int, seed: int = 0) -> dict:
+    """Each query asked `times` times in shuffled order against an LRU rerank cache (a real TokenCache, empty
+    at first) that holds half the photos the queries' top K reach: more than one query's hits, fewer than
+    all of them. Returns the cache's hit rate, the rate a cache of the same size that never evicts (filled
+    as indexing fills it) would have had, and the latencies."""
+    from engine.token_cache import TokenCache
+
+    reached = {q: big.top_ids(q) for q in queries}
+    union = set().union(*reached.values())
+    holds = len(union) // 2
+    _check(holds > K, f"the {len(queries)} queries reach {len(union)} photos, too few for a rerank cache larger than "
+                      f"one query's {K} hits and smaller than all of them")
+    order = [q for q in queries for _ in range(times)]
+    np.random.default_rng(seed).shuffle(order)
+    lru = TokenCache(cache_path, budget_bytes=holds * entry_bytes)
+    try:
+        runs = [big.query(q, lru=lru) for q in order]
+        lookups = lru.hits + lru.misses
+        _check(lookups == len(order) * K, f"the rerank cache saw {lookups} lookups for {len(order) * K} hits")
+        _check(sum(r.cached for r in runs) == lru.hits, "the queries' cache hits do not match the cache's count")
+        _check(lru.count() == holds and lru.size_bytes <= lru.budget_bytes,
+               f"the rerank cache holds {lru.count()} photos, its budget {holds}")
+        kept: set[int] = set()  # a cache that fills while it has room and never evicts
+        noevict = 0
+        for q in order:
+            for v in reached[q]:
+                if v in kept:
+                    noevict += 1
+                elif len(kept) < holds:
+                    kept.add(v)
+        return {"hit_rate": lru.hits / lookups, "noevict_hit_rate": noevict / lookups, "holds": holds,
+                "reached": len(union), "asks": len(order), "ms": [r.total_ms for r in runs]}
+    finally:
+        lru.close()
+
+
+def _size_label(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+# ----- `picsift search` in a fresh process --------------------------------------------
+def cli_search(library: str | os.PathLike, model, query: str, k: int, n: int = K) -> tuple[float, list[dict]]:
+    """(wall ms, hits) of `picsift search` run as a user runs it: a new Python process that imports the
+    engine, loads the model and the library, searches and prints. The engine is the one this process
+    runs (its folder first on the child's path), so a bench of a work tree measures that tree."""
+    import engine
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(engine.__file__).resolve().parents[1])]
+                                        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    device = "cuda" if model.device.startswith("cuda") else model.device
+    precision = "fp32" if model.exact else "auto"
+    cmd = [sys.executable, "-m", "engine.cli", "search", query, "--library", str(library), "--model", model.source,
+           "-n", str(n), "-k", str(k), "--device", device, "--precision", precision, "--json", "-q"]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    wall = (time.perf_counter() - t) * 1000
+    _check(done.returncode == 0, f"`picsift search` exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+    try:
+        hits = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"bench: `picsift search` printed no results: {done.stdout[-300:]!r}") from None
+    return wall, hits
+
+
+# ----- the bench ------------------------------------------------------------------------
 def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_000_000),
-              workdir: str | None = None, curve: list | None = None) -> Iterator[Figure]:
-    """Yield figures as they are measured. curve, when given, receives (size, be_ms, be_plus_rerank_ms)."""
-    import faiss
+              workdir: str | None = None, curve: list | None = None, *, queries: int = 5,
+              cache_budget_bytes: int = DEFAULT_BUDGET_BYTES, repeat_queries: int = 20, repeat_times: int = 3,
+              cli_runs: int = 3, exact_limit: int = EXACT_LIMIT) -> Iterator[Figure]:
+    """Yield figures as they are measured; raise BenchError when a measurement did not happen.
+
+    photos: real photos to index from `folder` (at least K). sizes: library sizes of the large-library
+    figures. queries: text queries per size. cache_budget_bytes: the rerank-cache budget the large
+    libraries are measured under. repeat_queries x repeat_times: the repeated-query workload. cli_runs:
+    runs of `picsift search` per figure. exact_limit: the FAISS exact-search threshold (tests lower it).
+    curve, when given, receives (size, be_ms, query_ms, query_ms_all_cached) per size.
+    """
     import torch
 
     from engine.indexer import index_folders
     from engine.library import Library
+    from engine.machine import describe_cpu, has_bf16_instructions, matmul_gflops
     from engine.search import Searcher
-    from engine.vector_index import VectorIndex
+    from engine.token_cache import format_for
+    from engine.vector_index import modality_gap_queries, recall_at
 
-    yield Figure("device", model.describe_device(), "")
-    yield Figure("threads", torch.get_num_threads(), "threads")
-    yield Figure("precision", model.precision, "", "rerank cache: " + ("fp32" if model.exact else "int8"))
-
-    # ----- decoding ------------------------------------------------------
-    jpeg = synthetic_jpeg()
-    size = getattr(model, "image_size", 384)
-    yield Figure("decode_12mp_jpeg_ms", round(_ms(lambda: decode(jpeg, target_size=size), repeat=3), 1), "ms",
-                 f"4000x3000 JPEG, draft decoding to at least {size} px")
-    yield Figure("decode_12mp_jpeg_full_ms", round(_ms(lambda: decode(jpeg), repeat=3), 1), "ms", "full-size decode")
-
-    # ----- indexing real photos, end to end --------------------------------
     paths = _photos(folder, photos)
     if not paths:
-        raise FileNotFoundError(f"no photos found in {folder}")
+        raise BenchError(f"bench: no photos found in {folder}.")
+    if photos < K or len(paths) < K:
+        raise BenchError(f"bench: it needs at least {K} distinct photos to rerank {K}; {folder} has {len(paths)} "
+                         f"(of the {photos} asked for).")
+    _check(1 <= queries <= len(QUERIES) and 2 <= repeat_queries <= len(QUERIES),
+           f"queries must be 1 to {len(QUERIES)} and repeat_queries 2 to {len(QUERIES)}")
+    ce = model.ce
+    _check(ce is not None, "the model has no cross-encoder to rerank with")
+    threads = torch.get_num_threads()
+    cache_fmt = format_for(model)
+    cond = f"{model.precision}, {threads} threads"
+
+    # ----- the machine -------------------------------------------------------
+    yield Figure("device", model.describe_device(), "", "where the model runs")
+    yield Figure("threads", threads, "threads", "torch threads, used by the model and the matmul figures")
+    yield Figure("precision", model.precision, "", f"compute; rerank cache {cache_fmt}")
+    yield Figure("cpu", describe_cpu(), "", "processor and its matrix instruction sets")
     tmp = tempfile.TemporaryDirectory(dir=workdir, prefix="picsift-bench-")
+    lib = None
     try:
+        # ----- indexing real photos, end to end --------------------------------
         photo_dir = Path(tmp.name) / "photos"
         photo_dir.mkdir()
-        for p in paths:
-            os.symlink(p, photo_dir / os.path.basename(p))
+        for i, p in enumerate(paths):
+            link = photo_dir / f"{i:05d}_{os.path.basename(p)}"
+            try:
+                os.symlink(p, link)
+            except OSError:  # no symbolic links here (Windows without the privilege): a copy, in the temp folder
+                shutil.copyfile(p, link)
         lib = Library(Path(tmp.name) / "library")
         empty = _library_bytes(lib)  # fixed cost of an empty library, not a photo's
+        progress = None
         start = time.perf_counter()
-        for _ in index_folders(lib, model, [str(photo_dir)]):
+        for progress in index_folders(lib, model, [str(photo_dir)]):
             pass
         elapsed = time.perf_counter() - start
-        yield Figure("index_photos_per_s", round(len(paths) / elapsed, 2), "photos/s",
-                     f"{len(paths)} photos: decode, BE vector, rerank cache, commit")
-
+        key = model.be.key
+        n_real = lib.store.count_photos(key)
+        embedded = progress.embedded if progress is not None else 0
+        if embedded != len(paths) or n_real != len(paths):
+            reasons = "; ".join(f"{os.path.basename(e['path'])[6:]}: {e['reason']}" for e in lib.store.errors()[:5])
+            raise BenchError(f"bench: indexing embedded {embedded} of the {len(paths)} photos given from {folder} "
+                             f"(the library has {n_real})" + (f"; {reasons}" if reasons else "")
+                             + ". It needs a folder of readable photos.")
+        cached_real = lib.tokens.count(ce.key)
+        _check(cached_real > 0 and lib.tokens.size_bytes % cached_real == 0,
+               f"the rerank cache holds {cached_real} entries of {lib.tokens.size_bytes} bytes after indexing")
+        entry_bytes = lib.tokens.size_bytes // cached_real
+        _check(cached_real == min(n_real, lib.tokens.budget_bytes // entry_bytes),
+               f"the rerank cache holds {cached_real} of {n_real} photos, its budget allows more")
+        yield Figure("index_photos_per_s", round(n_real / elapsed, 2), "photos/s",
+                     f"{n_real} photos: decode, BE vector, rerank cache, commit; {cond}")
         lib.save_index()
         db, cache, faiss_bytes = (a - b for a, b in zip(_library_bytes(lib), empty))
-        yield Figure("disk_bytes_per_photo", round((db + cache + faiss_bytes) / len(paths)), "bytes",
-                     "database, FAISS index and rerank cache, beyond an empty library")
-        yield Figure("disk_bytes_per_photo_no_cache", round((db + faiss_bytes) / len(paths)), "bytes",
-                     "database and FAISS index")
+        yield Figure("disk_bytes_per_photo", round((db + cache + faiss_bytes) / n_real), "bytes",
+                     f"database, FAISS index and rerank cache, beyond an empty library; {n_real} photos")
+        yield Figure("disk_bytes_per_photo_no_cache", round((db + faiss_bytes) / n_real), "bytes",
+                     f"database and FAISS index; {n_real} photos")
+        yield Figure("rerank_cache_bytes_per_photo", entry_bytes, "bytes",
+                     f"{cache_fmt} tokens {ce.feature_shape[0]}x{ce.feature_shape[1]}; a 4 GiB budget holds "
+                     f"{DEFAULT_BUDGET_BYTES // entry_bytes:,} photos")
 
-        # ----- one query, one photo -------------------------------------------
-        queries = ["a dog runs on the beach", "two children playing football in a park",
-                   "a man rides a bicycle down a city street", "a woman in a red dress", "snow on the mountains"]
-        it = iter(queries * 4)
-        yield Figure("text_embed_ms", round(_ms(lambda: model.embed_texts([next(it)]), repeat=10), 1), "ms",
-                     "BE vector of one query")
+        mm_device = model.device if model.device.startswith("cuda") else "cpu"
+        gflops32 = matmul_gflops(torch.float32, device=mm_device)
+        gflops16 = matmul_gflops(torch.bfloat16, device=mm_device)
+        _check(gflops32 > 0 and gflops16 > 0, "the matrix multiplies did not run")
+        mm_note = f"torch.matmul 1024x1024, best of 5 rounds, {threads} threads on {mm_device}"
+        yield Figure("machine_matmul_gflops_fp32", round(gflops32, 1), "GFLOP/s", mm_note)
+        yield Figure("machine_matmul_gflops_bf16", round(gflops16, 1), "GFLOP/s", mm_note + (
+            "" if mm_device != "cpu" else "; native bf16 instructions" if has_bf16_instructions()
+            else "; no native bf16 instructions (emulated)"))
+
+        # ----- decoding ------------------------------------------------------
+        jpeg = synthetic_jpeg()
+        size = getattr(model, "image_size", 384)
+        yield Figure("decode_12mp_jpeg_ms", round(_ms(lambda: decode(jpeg, target_size=size), repeat=3), 1), "ms",
+                     f"4000x3000 JPEG, draft decoding to at least {size} px")
+        yield Figure("decode_12mp_jpeg_full_ms", round(_ms(lambda: decode(jpeg), repeat=3), 1), "ms",
+                     "the same JPEG, full-size decode")
+
+        # ----- one query, one photo, and their arithmetic ---------------------------------
+        it = iter(QUERIES * 4)
+        vec = model.embed_texts([QUERIES[0]])
+        _check(vec.shape == (1, model.dim) and bool(np.isfinite(vec).all()), "the text embedding failed")
+        text_ms = _ms(lambda: model.embed_texts([next(it)]), repeat=10)
+        yield Figure("text_embed_ms", round(text_ms, 1), "ms", f"BE vector of one query; {cond}")
         image_bytes = Path(paths[0]).read_bytes()
         yield Figure("image_embed_ms", round(_ms(
             lambda: model.encode_images([decode(image_bytes, size).image]), repeat=3), 1), "ms",
-            "one photo: decode, preprocess, vision encoder (BE vector and CE tokens)")
+            f"one photo: decode, preprocess, vision encoder (BE vector and CE tokens); {cond}")
+        images = [open_photo(p, size).image for p in paths[:K]]
+        batch = images[: max(1, model.image_batch_size)]
+        pixels = model.preprocess(batch)
+        enc = model.encode_pixels(pixels, batch)
+        _check(enc.vectors.shape == (len(batch), model.dim) and enc.features[ce.key].shape[0] == len(batch),
+               "the vision encoder did not encode the photos")
+        vision_ms = _ms(lambda: model.encode_pixels(pixels, batch), repeat=3) / len(batch)
+        yield Figure("vision_encoder_ms_per_photo", round(vision_ms, 1), "ms",
+                     f"pixels to BE vector and CE tokens, batches of {len(batch)} as indexing runs; {cond}")
+        feats = lib.tokens.get_many(ce.key, lib.store.hashes(sorted(lib.store.photo_ids(key))[:K]).values())
+        _check(len(feats) == K, f"the rerank cache gave {len(feats)} of {K} photos' features")
+        stack = np.stack(list(feats.values()))
+        probs = ce.score(QUERIES[0], stack)
+        _check(probs.shape == (K,) and bool(np.isfinite(probs).all()), "the CE did not score the candidates")
+        ce_ms = _ms(lambda: ce.score(QUERIES[1], stack), repeat=3)
+        yield Figure(f"ce_score_ms_k{K}", round(ce_ms, 1), "ms", f"CE over {K} cached photos' tokens, no I/O; {cond}")
 
-        # ----- rerank -------------------------------------------------------------
+        be_ckpt, ce_ckpt = _blip_checkpoint(model.be), _blip_checkpoint(ce)
+        tokens_q = int(be_ckpt.text_inputs([QUERIES[1]])["input_ids"].shape[1])
+        work = {"photo": blip_vision_flops(be_ckpt.model.config),
+                "query": blip_text_flops(be_ckpt.model.config, tokens_q),
+                "ce_pair": blip_ce_flops(ce_ckpt.model.config, tokens_q)}
+        yield Figure("model_gflop_per_photo", round(work["photo"] / 1e9, 3), "GFLOP",
+                     "vision encoder and BE projection, counted from the model's configuration")
+        yield Figure("model_gflop_per_query", round(work["query"] / 1e9, 3), "GFLOP",
+                     f"BE text encoder and projection, {tokens_q} tokens")
+        yield Figure("model_gflop_per_ce_pair", round(work["ce_pair"] / 1e9, 3), "GFLOP",
+                     f"CE over one photo's tokens, {tokens_q} text tokens, as engine.models.blip_ce computes it")
+        for name, flops, ms in (("vision_encoder", work["photo"], vision_ms), ("text_embed", work["query"], text_ms),
+                                (f"ce_score_k{K}", K * work["ce_pair"], ce_ms)):
+            achieved = flops / (ms / 1000) / 1e9
+            yield Figure(f"{name}_share_of_matmul", round(achieved / gflops32, 3), "",
+                         f"{achieved:.1f} GFLOP/s achieved over the machine's {gflops32:.1f} fp32 matmul GFLOP/s")
+
+        # ----- rerank in the real library ----------------------------------------------------
         searcher = Searcher(lib, model)
-        k = min(20, len(paths))
-        query = queries[0]
-        candidates = searcher.retrieve(query, n=k)
+        query = QUERIES[0]
+        candidates = searcher.retrieve(query, n=K)
+        _check(len(candidates) == K, f"the library search returned {len(candidates)} of {K} candidates")
 
         def rerank_times() -> tuple[float, float]:
             t = time.perf_counter()
-            first = None
-            for update in searcher.rerank_stream(query, candidates, k):
-                if update.scored and first is None:
+            first, last = None, None
+            for last in searcher.rerank_stream(query, candidates, K):
+                if last.scored and first is None:
                     first = time.perf_counter() - t
-            return (time.perf_counter() - t) * 1000, (first or 0) * 1000
+            total = (time.perf_counter() - t) * 1000
+            scored = sum(h.rerank_score is not None for h in last.hits) if last else 0
+            _check(last is not None and last.done and last.scored == K and scored == K,
+                   f"the rerank scored {scored} of {K} candidates")
+            return total, first * 1000
 
         rerank_times()  # warm
         cached = [rerank_times() for _ in range(3)]
         total_c, first_c = statistics.median(c[0] for c in cached), statistics.median(c[1] for c in cached)
-        yield Figure("rerank_ms_k20_cached", round(total_c), "ms", f"CE over {k} candidates from the rerank cache")
-        yield Figure("rerank_first_update_ms_k20", round(first_c), "ms", "time to the first CE score")
-        lib.tokens.clear()
+        note = f"library of {n_real} real photos, every candidate in the rerank cache; {cond}"
+        yield Figure(f"rerank_ms_k{K}_cached", round(total_c), "ms", f"CE over {K} candidates; " + note)
+        yield Figure(f"rerank_first_update_ms_k{K}", round(first_c), "ms", "time to the first CE score; " + note)
+        cand_hashes = set(lib.store.hashes([h.id for h in candidates]).values())
+        lib.tokens.keep_only(lib.store.all_hashes() - cand_hashes)
+        _check(lib.tokens.count(ce.key) == n_real - K, "the candidates' features did not leave the rerank cache")
         total_u, first_u = rerank_times()
-        yield Figure("rerank_ms_k20_uncached", round(total_u), "ms", "vision encoder runs on each candidate")
-        yield Figure("rerank_first_update_ms_k20_uncached", round(first_u), "ms", "")
-        rerank_times()  # the uncached run stored the tokens again
+        _check(lib.tokens.count(ce.key) == n_real, "the uncached rerank did not store the candidates' features")
+        note = f"library of {n_real} real photos, no candidate in the rerank cache (vision encoder on each); {cond}"
+        yield Figure(f"rerank_ms_k{K}_uncached", round(total_u), "ms", note)
+        yield Figure(f"rerank_first_update_ms_k{K}_uncached", round(first_u), "ms", note)
 
-        # ----- large collections: synthetic vectors ------------------------------
-        dim = model.dim
+        # ----- fp32 against bf16 -------------------------------------------------------------
+        if model.device != "cpu" or model.precision != "fp32":
+            yield Figure("bf16", "not measured", "", f"the model runs {model.precision} on {model.device}; the "
+                         "comparison is of the CPU's fp32 path")
+        else:
+            cmp = compare_bf16(ce_ckpt, images, QUERIES[:queries])
+            p32, p16 = cmp["fp32"]["probs"], cmp["bf16"]["probs"]
+            _check(p32.shape == (queries, K) and p16.shape == p32.shape and bool(np.isfinite(p16).all()),
+                   "the bf16 comparison did not score every pair")
+            note = f"{K} real photos, {queries} queries, {cmp['how']}; {threads} threads"
+            for mode in ("fp32", "bf16"):
+                how = "bf16 autocast" if mode == "bf16" else "fp32"
+                yield Figure(f"vision_encoder_ms_per_photo_{mode}", round(cmp[mode]["vision_ms"], 1), "ms",
+                             f"{how}, batches of {ce_ckpt.image_batch_size}; " + note)
+                yield Figure(f"ce_ms_k{K}_{mode}", round(cmp[mode]["ce_ms"], 1), "ms", f"{how}; " + note)
+            yield Figure("bf16_ce_prob_max_abs_diff", round(float(np.abs(p32 - p16).max()), 4), "",
+                         "vision encoder and CE in bf16 against fp32; " + note)
+            yield Figure("bf16_top5_overlap", round(top_overlap(p32, p16), 3), "",
+                         "share of each query's fp32 top 5 also in its bf16 top 5; " + note)
+            yield Figure("bf16_prob_spread", round(float(p32.std()), 4), "",
+                         "std of the fp32 CE probabilities: near 0 the agreement figures say little; " + note)
+
+        # ----- large libraries ----------------------------------------------------------------
+        cached_photos = cache_budget_bytes // entry_bytes
+        qs = QUERIES[:queries]
         for n in sizes:
-            vectors = clustered_vectors(n, dim)
-            ids = np.arange(1, n + 1, dtype=np.int64)
-            t = time.perf_counter()
-            index = VectorIndex.build(ids, vectors, dim)
-            build_s = time.perf_counter() - t
-            q = far_queries(vectors, 200)
-            exact = faiss.IndexFlatIP(dim)
-            exact.add(vectors)
-            _, truth = exact.search(q, 20)
-            del exact
-            _, got = index.search(q, 20)
-            recall = float(np.mean([len(set(ids[t_][t_ >= 0]) & set(g[g >= 0])) / 20 for t_, g in zip(truth, got)]))
-            single = iter(q)
-            search_ms = _ms(lambda: index.search(next(single)[None, :], 20), repeat=50, warmup=5)
+            big = LargeLibrary(lib, model, n, exact_limit=exact_limit)
             label = _size_label(n)
-            note = f"{index.kind}" + (f", nprobe {index.nprobe}" if index.kind == "ivf" else "") + f", built in {build_s:.0f} s"
-            yield Figure(f"faiss_search_ms_{label}", round(search_ms, 2), "ms", note)
-            yield Figure(f"faiss_recall20_{label}", round(recall, 3), "", "against exact search, 200 text-like queries")
-            text_ms = _ms(lambda: model.embed_texts([queries[1]]), repeat=5)
-            if curve is not None:
-                curve.append((n, text_ms + search_ms, text_ms + search_ms + total_c))
-            if n == max(sizes):
-                def full_query() -> None:
-                    vec = model.embed_texts([queries[2]])
-                    index.search(vec, 20)
-                    for _ in searcher.rerank_stream(queries[2], candidates, k):
-                        pass
+            recall_q = modality_gap_queries(big.vectors, RECALL_QUERIES, seed=RECALL_SEED)
+            _, got = big.index.search(recall_q, K)
+            _check(bool(((got >= 0).sum(axis=1) == min(K, n)).all()), f"FAISS returned fewer than {K} results")
+            recall = recall_at(big.index, big.vectors, big.ids, recall_q, K)
+            single = iter(np.concatenate([recall_q] * 2))
+            search_ms = _ms(lambda: big.index.search(next(single)[None, :], K), repeat=50, warmup=5)
+            yield Figure(f"faiss_search_ms_{label}", round(search_ms, 3), "ms", f"top {K} of {n:,}; {big.describe()}")
+            yield Figure(f"faiss_recall{K}_{label}", round(recall, 3), "",
+                         f"against exact search, {RECALL_QUERIES} text-like (modality-gap) queries; {big.describe()}")
 
-                yield Figure(f"query_ms_{label}_k20", round(_ms(full_query, repeat=3)), "ms",
-                             "text query end to end: BE vector, FAISS top 20, CE over 20 cached candidates")
+            big.query(QUERIES[-1], n)  # warm-up
+            runs = [big.query(q, cached_photos) for q in qs]
+            full = [big.query(q, n) for q in qs]
+            hits = sum(r.hits for r in runs)
+            rate = sum(r.cached for r in runs) / hits
+            expected = min(1.0, cached_photos / n)
+            _check(all(r.cached == r.hits for r in full), "a fully cached query read a photo's features elsewhere")
+            _check(expected < 1 or rate == 1.0, f"every hit should have been cached, {rate:.3f} were")
+            query_ms = statistics.median(r.total_ms for r in runs)
+            cached_ms = statistics.median(r.total_ms for r in full)
+            be_ms = statistics.median(r.be_ms for r in full)
+            where = (f"{n:,} photos ({n_real} real, the rest synthetic vectors standing for them), {len(qs)} queries, "
+                     f"median; {cond}")
+            budget = (f"rerank cache budget {cache_budget_bytes / 2**30:g} GiB holds {cached_photos:,} photos of "
+                      f"{entry_bytes:,} B, expected hit rate {expected:.3f}")
+            yield Figure(f"query_ms_{label}_k{K}", round(query_ms, 1), "ms",
+                         f"text query end to end: BE vector, FAISS top {K}, CE over those {K} hits at hit rate "
+                         f"{rate:.3f} (misses through the vision encoder); {budget}; {where}")
+            yield Figure(f"query_cache_hit_rate_{label}", round(rate, 4), "",
+                         f"measured over {hits} hits; {budget}")
+            yield Figure(f"query_first_score_ms_{label}", round(statistics.median(r.first_ms for r in runs), 1), "ms",
+                         f"to the first CE score, hit rate {rate:.3f}; {where}")
+            yield Figure(f"query_ms_{label}_k{K}_cached", round(cached_ms, 1), "ms",
+                         f"the same queries with every hit in the rerank cache; {where}")
+            yield Figure(f"query_be_ms_{label}", round(be_ms, 2), "ms",
+                         f"BE vector and FAISS top {K}, no rerank; {where}")
+            if curve is not None:
+                curve.append((n, be_ms, query_ms, cached_ms))
+            if n == max(sizes):
                 rss = _rss_mb()
                 if rss is not None:
-                    yield Figure("rss_mb", round(rss), "MB", f"resident memory with the {label} index loaded")
-            vectors = index = None  # free this size's arrays before the next, larger one
-        lib.close()
+                    yield Figure("rss_mb", round(rss), "MB", f"resident memory with the {label} index loaded "
+                                 f"(and its {n:,} x {model.dim} vectors kept for recall)")
+                # ----- repeated queries against a small cache: the LRU at work -----
+                rep = repeated_queries(big, Path(tmp.name) / "repeat_cache.db", entry_bytes,
+                                       QUERIES[:repeat_queries], repeat_times)
+                note = (f"{repeat_queries} queries asked {repeat_times} times each in shuffled order, the top {K} "
+                        f"of {n:,} photos reranked, rerank cache empty at first and holding {rep['holds']} of the "
+                        f"{rep['reached']} photos the queries reach; {cond}")
+                yield Figure("repeat_query_cache_hit_rate", round(rep["hit_rate"], 4), "",
+                             "TokenCache hits / lookups, least recently used evicted; " + note)
+                yield Figure("repeat_query_noevict_hit_rate", round(rep["noevict_hit_rate"], 4), "",
+                             "the hit rate a cache of that size would have had that fills and never evicts "
+                             "(computed from the same hits); " + note)
+                yield Figure("repeat_query_ms", round(statistics.median(rep["ms"]), 1), "ms",
+                             f"median of {rep['asks']} asks, end to end; " + note)
+            big = None  # free this size's arrays before the next, larger one
+
+        # ----- `picsift search` as a terminal user runs it --------------------------------------
+        _check(lib.tokens.count(ce.key) == n_real, "the rerank cache lost real photos during the large-library runs")
+        lib.save_index()
+        for k in (0, K):
+            walls = []
+            for _ in range(max(1, cli_runs)):
+                wall, hits = cli_search(lib.folder, model, QUERIES[2], k)
+                reranked = sum(h.get("rerank_score") is not None for h in hits)
+                _check(len(hits) == K and reranked == k,
+                       f"`picsift search -k {k}` gave {len(hits)} hits, {reranked} reranked")
+                walls.append(wall)
+            yield Figure(f"search_cli_wall_ms_k{k}", round(statistics.median(walls)), "ms",
+                         f"`picsift search -n {K} -k {k}` in a fresh process (imports, model load, library, query), "
+                         f"median of {len(walls)}; library of {n_real} real photos"
+                         + (", all in the rerank cache" if k else ", no rerank") + f"; {model.precision}")
+
     finally:
+        if lib is not None:
+            lib.close()
         tmp.cleanup()
 
 
@@ -245,16 +778,9 @@ def _library_bytes(lib) -> tuple[int, int, int]:
     return size(lib.store.path), size(lib.tokens.path), size(lib.index_path(key)) if key else 0
 
 
-def _size_label(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}m"
-    if n >= 1000 and n % 1000 == 0:
-        return f"{n // 1000}k"
-    return str(n)
-
-
-def plot_curve(curve: list, path: str) -> None:
-    """Query latency against collection size, BE alone and BE plus rerank (needs matplotlib)."""
+def plot_curve(curve: list, path: str, title: str = "picsift query latency") -> None:
+    """Query latency against library size: BE alone, end to end at the cache's hit rate, and all cached
+    (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,13 +788,16 @@ def plot_curve(curve: list, path: str) -> None:
 
     sizes = [c[0] for c in curve]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(sizes, [c[1] for c in curve], "o-", label="BE: query vector + FAISS top 20")
-    ax.plot(sizes, [c[2] for c in curve], "s-", label="BE + CE rerank of top 20 (cached)")
+    ax.plot(sizes, [c[1] for c in curve], "o-", label=f"BE: query vector + FAISS top {K}")
+    ax.plot(sizes, [c[2] for c in curve], "s-", label=f"+ CE over the {K} hits, cache budget's hit rate")
+    ax.plot(sizes, [c[3] for c in curve], "^--", label=f"+ CE over the {K} hits, all cached")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("photos in the library")
     ax.set_ylabel("query latency (ms)")
-    ax.set_title("picsift query latency, 2-core CPU")
+    ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+    plt.close(fig)

@@ -137,11 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("list", parents=[nested], help="list collections")
 
     p = sub.add_parser("bench", parents=[common], help="measure this machine: indexing, search, rerank, disk")
-    p.add_argument("folder", help="a folder of real photos (decoding and indexing figures)")
-    p.add_argument("--photos", type=positive_int, default=48, help="photos to index (default 48)")
+    p.add_argument("folder", help="a folder of at least 20 real photos (indexed into a temporary library)")
+    p.add_argument("--photos", type=positive_int, default=48, help="photos to index (default 48, at least 20)")
     p.add_argument("--sizes", type=parse_sizes, default=[10_000, 100_000, 1_000_000],
-                   help="collection sizes for the FAISS figures (default 10000,100000,1000000)")
-    p.add_argument("--plot", metavar="PNG", help="also plot query latency against collection size (matplotlib)")
+                   help="library sizes of the FAISS and end-to-end query figures (default 10000,100000,1000000)")
+    p.add_argument("--queries", type=positive_int, default=5, help="text queries per library size (default 5)")
+    p.add_argument("--cache-budget", type=parse_size, default=None, metavar="SIZE",
+                   help="rerank-cache budget the large libraries are measured under (default 4G, the app's)")
+    p.add_argument("--plot", metavar="PNG", help="also plot query latency against library size (matplotlib)")
 
     p = sub.add_parser("gui", parents=[common], help="open the desktop window")
     p.add_argument("folders", nargs="*", metavar="FOLDER", help="folders to add and index on start")
@@ -452,9 +455,10 @@ def cmd_make_random_model(s: Session) -> int:
 def cmd_bench(s: Session) -> int:
     import tempfile
 
-    from engine.bench import plot_curve, run_bench
+    from engine.bench import BenchError, plot_curve, run_bench
     from engine.models import DEFAULT_MODEL, is_cached, load_model
     from engine.models.random_blip import build_random_blip
+    from engine.token_cache import DEFAULT_BUDGET_BYTES
 
     args = s.args
     sizes = args.sizes
@@ -471,7 +475,9 @@ def cmd_bench(s: Session) -> int:
         if not args.json:
             print(f"model: {note}\ndevice: {model.describe_device()}")
             print(f"{'figure':38s} {'value':>12s}  unit      note")
-        for fig in run_bench(model, args.folder, photos=args.photos, sizes=sizes, curve=curve):
+        budget = args.cache_budget if args.cache_budget is not None else DEFAULT_BUDGET_BYTES
+        for fig in run_bench(model, args.folder, photos=args.photos, sizes=sizes, curve=curve, queries=args.queries,
+                             cache_budget_bytes=budget):
             figures.append(fig)
             if not args.json and fig.name != "device":
                 value = fig.value if isinstance(fig.value, str) else f"{fig.value:,}"
@@ -480,7 +486,7 @@ def cmd_bench(s: Session) -> int:
             print(json.dumps([{"name": "model", "value": note, "unit": "", "note": ""}]
                              + [f.to_json() for f in figures]))
         if args.plot:
-            plot_curve(curve, args.plot)
+            plot_curve(curve, args.plot, title=f"picsift query latency, {model.describe_device()}")
             _say(args, f"plot written to {args.plot}")
     return EXIT_OK
 
