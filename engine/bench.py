@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import os
 import shutil
 import statistics
@@ -52,6 +53,10 @@ K = 20  # hits reranked per query, as the app does by default
 RECALL_QUERIES = 200
 RECALL_SEED = 7  # not the seed VectorIndex.build calibrates with: recall is measured on held-out queries
 OUTLIER_SCALE = 50.0  # outlier channels of a trained-like vision encoder, as large as a trained ViT's
+# Weight spread x sqrt(fan-in) of a trained-like layer: the random base checkpoint of the test suite's kind
+# (initializer_range 0.05 at width 768); above CHAOTIC_GAIN a random network amplifies every rounding.
+TRAINED_GAIN = 1.4
+CHAOTIC_GAIN = 3.0
 
 # Distinct queries: the repeated-query workload asks each several times; the large-library figures use the first few.
 QUERIES = [
@@ -229,35 +234,54 @@ def _looks_untrained(module) -> bool:
     return True
 
 
+def _gain(linear) -> float:
+    """A layer's weight spread times the square root of its fan-in: about 1 keeps activations in scale."""
+    w = linear.weight.detach()
+    return float(w.std()) * math.sqrt(w[0].numel())
+
+
 def trained_like(module, seed: int = 0):
-    """(module, how) for the bf16 agreement figures: the model itself when its weights already spread
-    like a trained one's, else a copy given random biases and LayerNorm gains and shifts and a few vision
-    token channels OUTLIER_SCALE times larger (their readers scaled down to match), as trained ViTs have.
-    Identity LayerNorms and zero biases would hide exactly the rounding bf16 does to large activations."""
+    """(module, how) for the bf16 agreement figures: the model itself when its weights already look trained,
+    else a copy made to look so. Random test checkpoints differ from trained ones in two ways that decide
+    how rounding shows: weights drawn with a wide initializer_range multiply every activation's scale
+    layer after layer (a chaotic network turns any rounding into a different answer), so their spread is
+    brought to TRAINED_GAIN; and identity LayerNorms with zero biases hide the large activations rounding
+    hurts, so they get random values and a few vision token channels become OUTLIER_SCALE times larger
+    (their readers scaled down to match), as trained ViTs have."""
     import torch
 
-    if not _looks_untrained(module):
+    linears = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    chaotic = statistics.median(_gain(m) for m in linears) > CHAOTIC_GAIN
+    untrained = _looks_untrained(module)
+    if not chaotic and not untrained:
         return module, "the model's own weights"
     module = copy.deepcopy(module)
+    done = []
     gen = torch.Generator().manual_seed(10_007 + seed)
     with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.LayerNorm) and m.weight is not None and m.bias is not None:
-                m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-            elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.bias is not None:
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-        norm = module.vision_model.post_layernorm
-        width = norm.weight.shape[0]
-        channels = torch.randperm(width, generator=gen)[: max(1, width // 192)]
-        norm.weight[channels] *= OUTLIER_SCALE
-        norm.bias[channels] *= OUTLIER_SCALE
-        readers = [module.vision_proj] + [m for layer in module.text_encoder.encoder.layer
-                                          for m in (layer.crossattention.self.key, layer.crossattention.self.value)]
-        for linear in readers:
-            linear.weight[:, channels] /= OUTLIER_SCALE
-    return module, (f"random weights given random biases and LayerNorms and {len(channels)} outlier "
-                    f"channel(s) x{OUTLIER_SCALE:g} in the vision tokens")
+        if chaotic:
+            for m in [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]:
+                m.weight.mul_(TRAINED_GAIN / _gain(m))
+            done.append(f"weights scaled to gain {TRAINED_GAIN:g}")
+        if untrained:
+            for m in module.modules():
+                if isinstance(m, torch.nn.LayerNorm) and m.weight is not None and m.bias is not None:
+                    m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=gen))
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+                elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.bias is not None:
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
+            norm = module.vision_model.post_layernorm
+            width = norm.weight.shape[0]
+            channels = torch.randperm(width, generator=gen)[: max(1, width // 192)]
+            norm.weight[channels] *= OUTLIER_SCALE
+            norm.bias[channels] *= OUTLIER_SCALE
+            readers = [module.vision_proj] + [m for layer in module.text_encoder.encoder.layer
+                                              for m in (layer.crossattention.self.key, layer.crossattention.self.value)]
+            for linear in readers:
+                linear.weight[:, channels] /= OUTLIER_SCALE
+            done.append(f"random biases and LayerNorms, {len(channels)} outlier channel(s) x{OUTLIER_SCALE:g} in the "
+                        "vision tokens")
+    return module, "random weights made trained-like: " + "; ".join(done)
 
 
 def compare_bf16(ckpt, images, queries: Sequence[str]) -> dict:
@@ -491,7 +515,7 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
     figures. queries: text queries per size. cache_budget_bytes: the rerank-cache budget the large
     libraries are measured under. repeat_queries x repeat_times: the repeated-query workload. cli_runs:
     runs of `picsift search` per figure. exact_limit: the FAISS exact-search threshold (tests lower it).
-    curve, when given, receives (size, be_ms, query_ms, query_ms_all_cached) per size.
+    curve, when given, receives (size, be_ms, query_ms, query_ms_all_cached, hit_rate) per size.
     """
     import torch
 
@@ -726,7 +750,7 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
             yield Figure(f"query_be_ms_{label}", round(be_ms, 2), "ms",
                          f"BE vector and FAISS top {K}, no rerank; {where}")
             if curve is not None:
-                curve.append((n, be_ms, query_ms, cached_ms))
+                curve.append((n, be_ms, query_ms, cached_ms, rate))
             if n == max(sizes):
                 rss = _rss_mb()
                 if rss is not None:
@@ -791,6 +815,8 @@ def plot_curve(curve: list, path: str, title: str = "picsift query latency") -> 
     ax.plot(sizes, [c[1] for c in curve], "o-", label=f"BE: query vector + FAISS top {K}")
     ax.plot(sizes, [c[2] for c in curve], "s-", label=f"+ CE over the {K} hits, cache budget's hit rate")
     ax.plot(sizes, [c[3] for c in curve], "^--", label=f"+ CE over the {K} hits, all cached")
+    for c in curve:
+        ax.annotate(f"{c[4]:.0%} cached", (c[0], c[2]), textcoords="offset points", xytext=(4, 6), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("photos in the library")

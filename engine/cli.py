@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=positive_int, default=5, help="text queries per library size (default 5)")
     p.add_argument("--cache-budget", type=parse_size, default=None, metavar="SIZE",
                    help="rerank-cache budget the large libraries are measured under (default 4G, the app's)")
+    p.add_argument("--repeat-queries", type=positive_int, default=20,
+                   help="distinct queries of the repeated-query workload, each asked 3 times (default 20)")
     p.add_argument("--plot", metavar="PNG", help="also plot query latency against library size (matplotlib)")
 
     p = sub.add_parser("gui", parents=[common], help="open the desktop window")
@@ -462,6 +464,11 @@ def cmd_bench(s: Session) -> int:
 
     args = s.args
     sizes = args.sizes
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked now, not after minutes of measuring)
+        except ImportError:
+            raise BenchError("--plot needs matplotlib: pip install 'picsift[bench]'") from None
     with tempfile.TemporaryDirectory(prefix="picsift-bench-model-") as tmp:
         model_id = args.model or DEFAULT_MODEL
         note = model_id
@@ -477,7 +484,7 @@ def cmd_bench(s: Session) -> int:
             print(f"{'figure':38s} {'value':>12s}  unit      note")
         budget = args.cache_budget if args.cache_budget is not None else DEFAULT_BUDGET_BYTES
         for fig in run_bench(model, args.folder, photos=args.photos, sizes=sizes, curve=curve, queries=args.queries,
-                             cache_budget_bytes=budget):
+                             cache_budget_bytes=budget, repeat_queries=args.repeat_queries):
             figures.append(fig)
             if not args.json and fig.name != "device":
                 value = fig.value if isinstance(fig.value, str) else f"{fig.value:,}"
@@ -486,7 +493,9 @@ def cmd_bench(s: Session) -> int:
             print(json.dumps([{"name": "model", "value": note, "unit": "", "note": ""}]
                              + [f.to_json() for f in figures]))
         if args.plot:
-            plot_curve(curve, args.plot, title=f"picsift query latency, {model.describe_device()}")
+            threads = next((f.value for f in figures if f.name == "threads"), "?")
+            plot_curve(curve, args.plot, title=f"picsift query latency ({model.device}, {threads} threads, "
+                                                f"{model.precision})")
             _say(args, f"plot written to {args.plot}")
     return EXIT_OK
 

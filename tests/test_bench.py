@@ -78,6 +78,7 @@ def test_bench_reports_every_figure_with_its_conditions(bench_figures):
     assert all(f.note for f in figures.values()), [f.name for f in figures.values() if not f.note]
     assert figures["index_photos_per_s"].note.startswith("24 photos")  # every photo given was indexed
     assert [c[0] for c in curve] == list(SIZES)
+    assert [c[4] for c in curve] == pytest.approx([figures[f"query_cache_hit_rate_{n}"].value for n in ("300", "1k")])
     assert list(root.glob("picsift-bench-*")) == []  # its temporary library is gone
 
 
@@ -184,6 +185,26 @@ def test_trained_like_copy_leaves_the_model_alone(tiny_model):
     assert norm.abs().max() > 10 * norm.abs().median()  # outlier channels
     same, how = trained_like(copy)  # weights that already spread are used as they are
     assert same is copy and how == "the model's own weights"
+
+
+def test_trained_like_tames_a_chaotic_random_network(tiny_model):
+    """Weights drawn far too wide (each layer multiplying the activations' scale) are brought to a trained
+    gain: in such a network any rounding gives another answer, which says nothing about a trained model."""
+    import copy
+
+    import torch
+
+    from engine.bench import TRAINED_GAIN, _gain
+
+    wide = copy.deepcopy(tiny_model.ce.ckpt.model)
+    with torch.no_grad():
+        for m in wide.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(5.0)
+    tamed, how = trained_like(wide)
+    assert "gain" in how
+    gains = [_gain(m) for m in tamed.modules() if isinstance(m, torch.nn.Linear)]
+    assert max(abs(g - TRAINED_GAIN) for g in gains) < 0.05 * TRAINED_GAIN  # outlier readers move a little
 
 
 def test_cpu_description_reads_the_flags(tmp_path, monkeypatch):
