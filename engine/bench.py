@@ -46,13 +46,13 @@ import numpy as np
 
 from engine.errors import ImageError, PicsiftError
 from engine.imaging import decode, is_supported, open_photo
+from engine.models.random_blip import OUTLIER_SCALE
 from engine.token_cache import DEFAULT_BUDGET_BYTES
 from engine.vector_index import EXACT_LIMIT
 
 K = 20  # hits reranked per query, as the app does by default
 RECALL_QUERIES = 200
 RECALL_SEED = 7  # not the seed VectorIndex.build calibrates with: recall is measured on held-out queries
-OUTLIER_SCALE = 50.0  # outlier channels of a trained-like vision encoder, as large as a trained ViT's
 # Weight spread x sqrt(fan-in) of a trained-like layer: the random base checkpoint of the test suite's kind
 # (initializer_range 0.05 at width 768); above CHAOTIC_GAIN a random network amplifies every rounding.
 TRAINED_GAIN = 1.4
@@ -240,47 +240,46 @@ def _gain(linear) -> float:
     return float(w.std()) * math.sqrt(w[0].numel())
 
 
+def _has_outlier_channels(module) -> bool:
+    """Whether a few vision token channels are far larger than the rest (the final LayerNorm's gains)."""
+    gains = module.vision_model.post_layernorm.weight.detach().abs()
+    return bool(gains.max() > OUTLIER_SCALE / 5 * gains.median())
+
+
 def trained_like(module, seed: int = 0):
-    """(module, how) for the bf16 agreement figures: the model itself when its weights already look trained,
-    else a copy made to look so. Random test checkpoints differ from trained ones in two ways that decide
-    how rounding shows: weights drawn with a wide initializer_range multiply every activation's scale
-    layer after layer (a chaotic network turns any rounding into a different answer), so their spread is
-    brought to TRAINED_GAIN; and identity LayerNorms with zero biases hide the large activations rounding
-    hurts, so they get random values and a few vision token channels become OUTLIER_SCALE times larger
-    (their readers scaled down to match), as trained ViTs have."""
+    """(module, how) for the bf16 agreement figures: the model itself when its weights look trained, else a
+    copy made to look so.
+
+    Random checkpoints differ from trained ones in ways that decide how rounding shows. Weights drawn with
+    a wide initializer_range (the base preset's 0.3, a gain of about 8) multiply the activations' scale
+    layer after layer, and such a chaotic network turns any rounding into another answer: their spread
+    is brought to TRAINED_GAIN. Identity LayerNorms and zero biases hide the large activations rounding
+    hurts: they get random values. And trained ViTs carry a few vision token channels far larger than
+    the rest: a random model without them gets some (`engine.models.random_blip`'s own helpers)."""
     import torch
 
-    linears = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-    chaotic = statistics.median(_gain(m) for m in linears) > CHAOTIC_GAIN
+    from engine.models.random_blip import inject_outlier_channels, randomise_biases_and_norms
+
+    layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    chaotic = statistics.median(_gain(m) for m in layers) > CHAOTIC_GAIN
     untrained = _looks_untrained(module)
     if not chaotic and not untrained:
         return module, "the model's own weights"
     module = copy.deepcopy(module)
     done = []
-    gen = torch.Generator().manual_seed(10_007 + seed)
     with torch.no_grad():
         if chaotic:
-            for m in [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]:
-                m.weight.mul_(TRAINED_GAIN / _gain(m))
+            for m in module.modules():
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                    m.weight.mul_(TRAINED_GAIN / _gain(m))
             done.append(f"weights scaled to gain {TRAINED_GAIN:g}")
         if untrained:
-            for m in module.modules():
-                if isinstance(m, torch.nn.LayerNorm) and m.weight is not None and m.bias is not None:
-                    m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=gen))
-                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-                elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.bias is not None:
-                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-            norm = module.vision_model.post_layernorm
-            width = norm.weight.shape[0]
-            channels = torch.randperm(width, generator=gen)[: max(1, width // 192)]
-            norm.weight[channels] *= OUTLIER_SCALE
-            norm.bias[channels] *= OUTLIER_SCALE
-            readers = [module.vision_proj] + [m for layer in module.text_encoder.encoder.layer
-                                              for m in (layer.crossattention.self.key, layer.crossattention.self.value)]
-            for linear in readers:
-                linear.weight[:, channels] /= OUTLIER_SCALE
-            done.append(f"random biases and LayerNorms, {len(channels)} outlier channel(s) x{OUTLIER_SCALE:g} in the "
-                        "vision tokens")
+            randomise_biases_and_norms(module, seed)
+            done.append("random biases and LayerNorms")
+        if not _has_outlier_channels(module):
+            count = max(1, module.vision_model.post_layernorm.weight.shape[0] // 192)
+            inject_outlier_channels(module, count, seed, scale=OUTLIER_SCALE)
+            done.append(f"{count} vision token channel(s) x{OUTLIER_SCALE:g}")
     return module, "random weights made trained-like: " + "; ".join(done)
 
 

@@ -113,7 +113,7 @@ def test_bf16_agreement_figures(bench_figures):
     assert 0.0 <= figures["bf16_ce_prob_max_abs_diff"].value <= 1.0
     assert 0.0 <= figures["bf16_top5_overlap"].value <= 1.0
     assert figures["bf16_prob_spread"].value > 0.01  # the trained-like copy's scores spread: agreement means something
-    assert "outlier" in figures["bf16_ce_prob_max_abs_diff"].note
+    assert "fp32" in figures["bf16_ce_prob_max_abs_diff"].note
 
 
 def test_arithmetic_matches_torch_flop_counter(tiny_model):
@@ -173,38 +173,41 @@ def test_bench_command_exits_with_the_error(tiny_model_dir, tmp_path, capsys):
     assert "no photos found" in capsys.readouterr().err
 
 
-def test_trained_like_copy_leaves_the_model_alone(tiny_model):
-    import torch
-
-    module = tiny_model.ce.ckpt.model
-    before = {k: v.clone() for k, v in module.state_dict().items()}
-    copy, how = trained_like(module)
-    assert copy is not module and "outlier" in how
-    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
-    norm = copy.vision_model.post_layernorm.weight
-    assert norm.abs().max() > 10 * norm.abs().median()  # outlier channels
-    same, how = trained_like(copy)  # weights that already spread are used as they are
-    assert same is copy and how == "the model's own weights"
+def test_trained_like_keeps_weights_that_already_look_trained(tiny_model):
+    module = tiny_model.ce.ckpt.model  # random biases and LayerNorms, a moderate gain: used as it is
+    same, how = trained_like(module)
+    assert same is module and how == "the model's own weights"
 
 
-def test_trained_like_tames_a_chaotic_random_network(tiny_model):
-    """Weights drawn far too wide (each layer multiplying the activations' scale) are brought to a trained
-    gain: in such a network any rounding gives another answer, which says nothing about a trained model."""
+def test_trained_like_fixes_a_copy_of_a_fresh_chaotic_random_network(tiny_model):
+    """Weights drawn far too wide, identity LayerNorms, zero biases: in such a network any rounding gives
+    another answer, which says nothing about a trained model. The copy gets a trained gain, random norms and
+    biases, and outlier channels; the model handed in is left alone."""
     import copy
 
     import torch
 
     from engine.bench import TRAINED_GAIN, _gain
 
-    wide = copy.deepcopy(tiny_model.ce.ckpt.model)
+    fresh = copy.deepcopy(tiny_model.ce.ckpt.model)
     with torch.no_grad():
-        for m in wide.modules():
-            if isinstance(m, torch.nn.Linear):
+        for m in fresh.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            elif isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
                 m.weight.mul_(5.0)
-    tamed, how = trained_like(wide)
-    assert "gain" in how
+                if m.bias is not None:
+                    m.bias.zero_()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    tamed, how = trained_like(fresh)
+    assert tamed is not fresh and "gain" in how and "LayerNorms" in how and "channel" in how
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     gains = [_gain(m) for m in tamed.modules() if isinstance(m, torch.nn.Linear)]
     assert max(abs(g - TRAINED_GAIN) for g in gains) < 0.05 * TRAINED_GAIN  # outlier readers move a little
+    norm = tamed.vision_model.post_layernorm.weight
+    assert norm.abs().max() > 10 * norm.abs().median()  # outlier channels
+    assert not torch.all(tamed.text_encoder.encoder.layer[0].output.LayerNorm.weight == 1)
 
 
 def test_cpu_description_reads_the_flags(tmp_path, monkeypatch):
