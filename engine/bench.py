@@ -104,6 +104,11 @@ def _ms(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
 PROC_STATUS = Path("/proc/self/status")
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    """x to a few significant digits (tiny test models and BLIP base differ by five orders of magnitude)."""
+    return float(f"{x:.{digits}g}")
+
+
 def _rss_mb() -> float | None:
     """Resident memory now (Linux), else its peak (other Unix), else None: Windows has no `resource`."""
     try:
@@ -264,7 +269,7 @@ def trained_like(module, seed: int = 0):
     chaotic = statistics.median(_gain(m) for m in layers) > CHAOTIC_GAIN
     untrained = _looks_untrained(module)
     if not chaotic and not untrained:
-        return module, "the model's own weights"
+        return module, "the weights as loaded (they already spread like trained ones)"
     module = copy.deepcopy(module)
     done = []
     with torch.no_grad():
@@ -531,8 +536,12 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
     if photos < K or len(paths) < K:
         raise BenchError(f"bench: it needs at least {K} distinct photos to rerank {K}; {folder} has {len(paths)} "
                          f"(of the {photos} asked for).")
-    _check(1 <= queries <= len(QUERIES) and 2 <= repeat_queries <= len(QUERIES),
-           f"queries must be 1 to {len(QUERIES)} and repeat_queries 2 to {len(QUERIES)}")
+    if not (1 <= queries <= len(QUERIES) and 2 <= repeat_queries <= len(QUERIES) and repeat_times >= 1):
+        raise BenchError(f"bench: it has {len(QUERIES)} queries: --queries takes 1 to {len(QUERIES)}, "
+                         f"--repeat-queries 2 to {len(QUERIES)}.")
+    if not sizes or min(sizes) < len(paths):
+        raise BenchError(f"bench: each library size must hold the {len(paths)} real photos; --sizes has "
+                         f"{', '.join(map(str, sizes)) or 'none'}.")
     ce = model.ce
     _check(ce is not None, "the model has no cross-encoder to rerank with")
     threads = torch.get_num_threads()
@@ -639,11 +648,11 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
         work = {"photo": blip_vision_flops(be_ckpt.model.config),
                 "query": blip_text_flops(be_ckpt.model.config, tokens_q),
                 "ce_pair": blip_ce_flops(ce_ckpt.model.config, tokens_q)}
-        yield Figure("model_gflop_per_photo", round(work["photo"] / 1e9, 3), "GFLOP",
+        yield Figure("model_gflop_per_photo", _sig(work["photo"] / 1e9), "GFLOP",
                      "vision encoder and BE projection, counted from the model's configuration")
-        yield Figure("model_gflop_per_query", round(work["query"] / 1e9, 3), "GFLOP",
+        yield Figure("model_gflop_per_query", _sig(work["query"] / 1e9), "GFLOP",
                      f"BE text encoder and projection, {tokens_q} tokens")
-        yield Figure("model_gflop_per_ce_pair", round(work["ce_pair"] / 1e9, 3), "GFLOP",
+        yield Figure("model_gflop_per_ce_pair", _sig(work["ce_pair"] / 1e9), "GFLOP",
                      f"CE over one photo's tokens, {tokens_q} text tokens, as engine.models.blip_ce computes it")
         for name, flops, ms in (("vision_encoder", work["photo"], vision_ms), ("text_embed", work["query"], text_ms),
                                 (f"ce_score_k{K}", K * work["ce_pair"], ce_ms)):

@@ -176,7 +176,7 @@ def test_bench_command_exits_with_the_error(tiny_model_dir, tmp_path, capsys):
 def test_trained_like_keeps_weights_that_already_look_trained(tiny_model):
     module = tiny_model.ce.ckpt.model  # random biases and LayerNorms, a moderate gain: used as it is
     same, how = trained_like(module)
-    assert same is module and how == "the model's own weights"
+    assert same is module and how.startswith("the weights as loaded")
 
 
 def test_trained_like_fixes_a_copy_of_a_fresh_chaotic_random_network(tiny_model):
