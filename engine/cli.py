@@ -37,8 +37,9 @@ def _common(nested: bool = False) -> argparse.ArgumentParser:
                    help="rerank with the cross-encoder of another checkpoint (separately trained BE and CE); "
                         "default: the --model checkpoint's own")
     g.add_argument("--device", default=default("auto"), choices=["auto", "cuda", "mps", "cpu"], help="default: auto")
-    g.add_argument("--precision", default=default("auto"), choices=["auto", "fp32", "fp16"],
-                   help="auto: fp16 on GPU, fp32 on CPU; fp32 keeps the exact path")
+    g.add_argument("--precision", default=default("auto"), choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 on a GPU, bf16 for photos and reranking on a CPU with bf16 instructions "
+                        "(fp32 without); fp32 keeps the exact path")
     g.add_argument("--json", action="store_true", default=default(False), help="print machine-readable JSON")
     g.add_argument("-q", "--quiet", action="store_true", default=default(False), help="no progress bars or notices")
     return p
@@ -190,8 +191,10 @@ class Session:
             ce_model = getattr(self.args, "ce_model", None)
             if ce_model is None and not self.args.model:
                 ce_model = self.library.store.get_meta("ce_source")  # the library's separately trained CE
+            # A search that does not rerank needs only the BE's text side: load nothing else.
+            text_only = self.args.command == "search" and getattr(self.args, "k", None) == 0
             self._model = load_model(model_id, device=self.args.device, precision=self.args.precision,
-                                     ce_model=ce_model)
+                                     ce_model=ce_model, text_only=text_only)
         return self._model
 
     def notice(self, msg: str) -> None:

@@ -259,3 +259,52 @@ def test_download_takes_bin_weights_only_where_there_are_no_safetensors(monkeypa
         fetched[repo] = sorted(filter_repo_objects(names, ignore_patterns=asked[repo]["ignore_patterns"]))
     assert fetched == {"org/both": ["config.json", "model.safetensors"],
                        "org/bin-only": ["config.json", "pytorch_model.bin", "vocab.txt"]}
+
+
+def test_text_only_load_embeds_queries_as_the_full_model_does(tiny_model, tiny_model_dir):
+    """`search -k 0` loads only the BE's text side, in plain torch (no transformers): the same query vectors
+    as BlipForImageTextRetrieval's, batches with padding included; no vision encoder, no CE."""
+    import sys
+
+    text = load_model(str(tiny_model_dir), device="cpu", precision="fp32", text_only=True)
+    assert text.be.key == tiny_model.be.key  # the same model: its vectors are the library's
+    assert text.ce is None and text.rerankers == []
+    texts = QUERIES + ["a dog", "two brown dogs play with a stick on a wide sandy beach near the water"]
+    np.testing.assert_allclose(text.embed_texts(texts), tiny_model.embed_texts(texts), atol=1e-5)
+    np.testing.assert_allclose(text.embed_texts(texts[:1]), tiny_model.embed_texts(texts[:1]), atol=1e-5)
+    full = sum(p.numel() for p in tiny_model.be.ckpt.model.parameters())
+    assert text.be.parameter_count() < 0.6 * full
+    with pytest.raises(RuntimeError, match="text queries only"):
+        text.encode_images([Image.new("RGB", (40, 40))])
+    assert "engine.models.blip_text" in sys.modules
+
+
+def test_search_without_rerank_loads_the_text_side_only(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import json
+
+    import engine.models.registry as registry
+    from engine.cli import main
+
+    photos = tmp_path / "p"
+    for i in range(4):
+        make_photo(photos / f"{i}.png", seed=i)
+    lib = tmp_path / "lib"
+    assert main(["index", str(photos), "--library", str(lib), "--model", str(tiny_model_dir), "-q"]) == 0
+    capsys.readouterr()
+    loads = []
+    real = registry.load_stages
+    monkeypatch.setattr(registry, "load_stages", lambda *a, **k: loads.append(k.get("text_only")) or real(*a, **k))
+    assert main(["search", "a dog", "-k", "0", "--library", str(lib), "--json"]) == 0
+    k0 = json.loads(capsys.readouterr().out)
+    assert main(["search", "a dog", "-k", "2", "--library", str(lib), "--json"]) == 0
+    k2 = json.loads(capsys.readouterr().out)
+    assert loads == [True, False]
+    assert [h["score"] for h in k0] == pytest.approx(sorted((h["score"] for h in k2), reverse=True), abs=1e-5)
+    assert all(h["rerank_score"] is None for h in k0) and k2[0]["rerank_score"] is not None
+    import subprocess
+    import sys
+
+    code = ("import sys; from engine.cli import main; rc = main(['search', 'a dog', '-k', '0', '--library', "
+            f"{str(lib)!r}, '--json']); print('transformers' in sys.modules, rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip().splitlines()[-1] == "False 0"  # the terminal's search never imported transformers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -55,6 +56,13 @@ class BlipCheckpoint:
     @property
     def dtype(self) -> torch.dtype:
         return torch.float16 if self.precision == "fp16" else torch.float32
+
+    def image_side(self):
+        """The context the vision encoder and the CE run in: bf16 autocast under bf16 (weights stay fp32),
+        else nothing. The query's text embedding always runs at the weights' precision."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+        return nullcontext()
 
     def describe_device(self) -> str:
         if self.device.startswith("cuda"):
@@ -109,8 +117,9 @@ class BlipCheckpoint:
 
         def run(a: int, b: int) -> list[np.ndarray]:
             px = pixel_values[a:b].to(self.device, self.dtype)
-            tokens = vision_tokens(self.model.vision_model, px)
-            vec = F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
+            with self.image_side():
+                tokens = vision_tokens(self.model.vision_model, px)
+                vec = F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
             out = [vec.cpu().numpy().astype(np.float32)]
             if keep_tokens:
                 out.append(tokens.float().cpu().numpy())
@@ -181,8 +190,9 @@ class BlipCrossEncoder:
 
         def run(a: int, b: int) -> list[np.ndarray]:
             img = torch.as_tensor(features[a:b]).to(ckpt.device, ckpt.dtype)
-            logits = itm_logits(ckpt.model, inputs["input_ids"][a:b].to(ckpt.device),
-                                inputs["attention_mask"][a:b].to(ckpt.device), img).float()
+            with ckpt.image_side():
+                logits = itm_logits(ckpt.model, inputs["input_ids"][a:b].to(ckpt.device),
+                                    inputs["attention_mask"][a:b].to(ckpt.device), img).float()
             return [torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)]
 
         (probs,) = ckpt.batched(n, ckpt.ce_batch_size, run)
@@ -190,14 +200,28 @@ class BlipCrossEncoder:
 
 
 @register("blip")
-def load_blip(folder: str, identity: str, name: str, options: LoadOptions) -> FamilyStages:
-    """BLIP retrieval checkpoints supply both stages on shared weights, from one vision pass."""
+def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_only: bool = False) -> FamilyStages:
+    """BLIP retrieval checkpoints supply both stages on shared weights, from one vision pass. text_only: the
+    BE's text side alone (a search that does not rerank needs nothing else), without importing transformers,
+    when the checkpoint has model.safetensors and tokenizer.json; otherwise the whole model."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    archs = config.get("architectures") or [ARCHITECTURE]
+    if ARCHITECTURE not in archs:
+        raise ModelNotFoundError(name, f"a BLIP checkpoint of {', '.join(archs)}, not {ARCHITECTURE}", local=True)
+    if text_only and options.device == "cpu":
+        from engine.models import blip_text
+
+        if blip_text.can_load(folder):
+            try:
+                be = blip_text.LightTextEncoder(folder, f"blip:{identity}/be", name)
+            except (KeyError, ValueError, OSError) as exc:  # a checkpoint laid out otherwise
+                raise ModelNotFoundError(name, str(exc), local=True) from exc
+            vision = config.get("vision_config") or {}
+            return FamilyStages(be=be, rerankers=[], backbone=_NoVision(int(vision.get("image_size", 384))),
+                                describe=lambda: f"CPU, {torch.get_num_threads()} threads (text side only; fp32)")
     from transformers import AutoProcessor, BlipForImageTextRetrieval
     from transformers.utils import logging as hf_logging
 
-    archs = json.loads((Path(folder) / "config.json").read_text()).get("architectures") or [ARCHITECTURE]
-    if ARCHITECTURE not in archs:
-        raise ModelNotFoundError(name, f"a BLIP checkpoint of {', '.join(archs)}, not {ARCHITECTURE}", local=True)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
@@ -212,3 +236,17 @@ def load_blip(folder: str, identity: str, name: str, options: LoadOptions) -> Fa
     ckpt = BlipCheckpoint(model, processor, identity, name, options)
     return FamilyStages(be=BlipBiEncoder(ckpt), rerankers=[BlipCrossEncoder(ckpt)], backbone=ckpt,
                         describe=ckpt.describe_device)
+
+
+class _NoVision:
+    """The backbone of a text-only load: it embeds no photos."""
+
+    image_batch_size = 8
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def preprocess(self, images):
+        raise RuntimeError("this model was loaded for text queries only")
+
+    encode_pixels = preprocess

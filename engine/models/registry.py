@@ -123,7 +123,7 @@ def is_cached(model_id: str) -> bool:
         return False
 
 
-def load_stages(model_id: str, options: LoadOptions, on_download=None) -> FamilyStages:
+def load_stages(model_id: str, options: LoadOptions, on_download=None, text_only: bool = False) -> FamilyStages:
     from engine.models.identity import content_identity
 
     folder = resolve_folder(model_id, on_download)
@@ -134,24 +134,27 @@ def load_stages(model_id: str, options: LoadOptions, on_download=None) -> Family
         raise ModelNotFoundError(source_name(model_id), f"model type '{mtype}' is not supported (known: {known})",
                                  local=True)
     importlib.import_module(module)
-    return _LOADERS[mtype](folder, content_identity(folder), source_name(model_id), options)
+    loader = _LOADERS[mtype]
+    extra = {"text_only": True} if text_only else {}
+    return loader(folder, content_identity(folder), source_name(model_id), options, **extra)
 
 
 def load_cascade(model_id: str = DEFAULT_MODEL, ce_model: str | None = None, device: str | None = "auto",
-                 precision: str | None = "auto", on_download=None):
+                 precision: str | None = "auto", on_download=None, text_only: bool = False):
     """The retrieval cascade of a checkpoint (or of a BE checkpoint and a separate CE one); raises
-    ModelNotFoundError."""
+    ModelNotFoundError. text_only: only what embeds a text query (a search that does not rerank); the
+    cascade then has no reranker and embeds no photos."""
     from engine.models.cascade import Cascade
     from engine.models.device import pick_device, resolve_precision
 
     dev, reason = pick_device(device)
     prec = resolve_precision(precision, dev)
     options = LoadOptions(dev, reason, prec)
-    main = load_stages(model_id, options, on_download)
+    main = load_stages(model_id, options, on_download, text_only=text_only)
     if main.be is None:
         raise ModelNotFoundError(source_name(model_id), "this checkpoint has no bi-encoder (first stage)", local=True)
     rerankers = [(r, main.backbone) for r in main.rerankers]
-    if ce_model is not None:
+    if ce_model is not None and not text_only:
         other = load_stages(ce_model, options, on_download)
         if not other.rerankers:
             raise ModelNotFoundError(source_name(ce_model), "this checkpoint has no cross-encoder", local=True)
