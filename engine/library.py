@@ -24,7 +24,7 @@ class Library:
     LEGACY_INDEX_NAME = "photos.faiss"
 
     def __init__(self, folder: str | os.PathLike, cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
-                 exact_limit: int = EXACT_LIMIT, create: bool = True):
+                 exact_limit: int = EXACT_LIMIT, create: bool = True, check: bool | None = None):
         """create=False: open only a library that exists (a mistyped folder must not become an empty one)."""
         self.folder = Path(folder)
         if not create and not (self.folder / self.DB_NAME).is_file():
@@ -35,7 +35,7 @@ class Library:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LibraryError(f"cannot create the library folder {self.folder}: {exc.strerror or exc}") from exc
-        self.store = Store(self.folder / self.DB_NAME)
+        self.store = Store(self.folder / self.DB_NAME, check=check)
         self.read_only = self.store.read_only
         saved = self.store.get_meta("cache_budget_bytes")
         self.tokens = TokenCache(self.folder / self.CACHE_NAME, int(saved) if saved else cache_budget_bytes,

@@ -285,6 +285,7 @@ def test_the_cpu_fallback_waits_for_forward_passes_in_flight(tiny_model, monkeyp
             order.append("forward done")
 
     monkeypatch.setattr(ckpt, "device", "cuda")
+    monkeypatch.setattr(ckpt, "notices", [])  # the shared test model's own notices stay clean
     monkeypatch.setattr(ckpt.model, "to", lambda device: order.append(f"moved to {device}") or ckpt.model)
     t = threading.Thread(target=forward)
     t.start()
@@ -363,3 +364,19 @@ def _make_schema_1(lib_dir, model_id, ids, vecs, paths, hashes, feats):
         cache.execute("INSERT INTO tokens VALUES (?, 'fp32', ?, ?, ?)", (i, *t.shape, encode_tokens(t, "fp32")))
     cache.commit()
     cache.close()
+
+
+def test_a_large_database_is_checked_by_status_and_writers_and_damage_met_by_a_search_is_one_sentence(
+        tmp_path, tiny_model, photo_folder, tiny_model_dir, monkeypatch):
+    from engine.store import Store
+
+    lib_dir = tmp_path / "lib"
+    with Library(lib_dir) as lib:
+        run(lib, tiny_model, [photo_folder])
+    _damage_a_page(lib_dir / "library.db")
+    monkeypatch.setattr(Store, "QUICK_CHECK_BYTES", 0)  # as if the database were large
+    with pytest.raises(LibraryDamagedError):
+        Library(lib_dir, check=True)
+    with pytest.raises(LibraryDamagedError, match="damaged"):  # not checked on open: the first query finds it
+        with Library(lib_dir) as lib:
+            Searcher(lib, tiny_model).search("a dog", n=5, k=0)
