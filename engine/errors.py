@@ -12,9 +12,11 @@ class ModelNotFoundError(PicsiftError):
         self.model_id = model_id
         self.detail = detail
         if local:
+            why = f" ({detail})" if detail and len(detail) < 200 and "\n" not in detail else ""
             super().__init__(
-                f"Model folder '{model_id}' does not hold a loadable BLIP image-text retrieval checkpoint "
-                "(config.json, model weights and processor files, as save_pretrained writes them)."
+                f"Model folder '{model_id}' does not hold a loadable image-text retrieval checkpoint{why}: "
+                "a BLIP retrieval or CLIP checkpoint (config.json, model weights and processor files, as "
+                "save_pretrained writes them)."
             )
             return
         super().__init__(

@@ -24,7 +24,7 @@ log = logging.getLogger("picsift.models")
 DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
 
 # model_type in a checkpoint's config.json -> the module that registers its loader (imported on demand)
-FAMILY_MODULES = {"blip": "engine.models.blip"}
+FAMILY_MODULES = {"blip": "engine.models.blip", "clip": "engine.models.clip"}
 
 _LOADERS: dict[str, Callable] = {}
 
