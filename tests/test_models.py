@@ -308,3 +308,28 @@ def test_search_without_rerank_loads_the_text_side_only(tiny_model_dir, tmp_path
             f"{str(lib)!r}, '--json']); print('transformers' in sys.modules, rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.strip().splitlines()[-1] == "False 0"  # the terminal's search never imported transformers
+
+
+def test_loads_on_three_threads_at_once_all_succeed(tiny_model_dir):
+    """Loads at once (a window's start and a preference change) in a fresh process, where transformers is not
+    imported yet: its lazy imports are not thread-safe, and without the load lock this failed every time
+    ("cannot import name 'AutoProcessor'")."""
+    import subprocess
+    import sys
+
+    code = f"""
+import threading
+from engine.models import load_model
+keys, errors = [], []
+def go():
+    try:
+        keys.append(load_model({str(tiny_model_dir)!r}, device="cpu").be.key)
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=go) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(keys), len(set(keys)), errors)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.stdout.strip().splitlines()[-1] == "3 1 []", out.stdout + out.stderr

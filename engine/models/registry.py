@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,10 @@ DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
 FAMILY_MODULES = {"blip": "engine.models.blip", "clip": "engine.models.clip"}
 
 _LOADERS: dict[str, Callable] = {}
+# One load at a time in a process: transformers' lazy imports are not thread-safe (two windows' loads, or a
+# preference change during a load, failed with "cannot import name 'AutoProcessor'"), and two loads at once
+# would only compete for the same memory and cores.
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -144,6 +149,14 @@ def load_cascade(model_id: str = DEFAULT_MODEL, ce_model: str | None = None, dev
     """The retrieval cascade of a checkpoint (or of a BE checkpoint and a separate CE one); raises
     ModelNotFoundError. text_only: only what embeds a text query (a search that does not rerank); the
     cascade then has no reranker and embeds no photos."""
+    from engine.models.cascade import Cascade
+    from engine.models.device import pick_device, resolve_precision
+
+    with _LOAD_LOCK:
+        return _load_cascade(model_id, ce_model, device, precision, on_download, text_only)
+
+
+def _load_cascade(model_id, ce_model, device, precision, on_download, text_only):
     from engine.models.cascade import Cascade
     from engine.models.device import pick_device, resolve_precision
 
