@@ -9,7 +9,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from engine.captions import embed_collection, resolve_collection
+from engine.captions import DEFAULT_COLLECTION, embed_collection, read_captions, resolve_collection
+from engine.paths import DEFAULT_COLLECTION_FILE
 from engine.errors import ImageError
 from engine.imaging import open_photo
 from engine.jobs import CancelToken
@@ -81,6 +82,7 @@ class Searcher:
         self.library = library
         self.model = model
         self.key = model.be.key
+        self._captions: dict[str, tuple] = {}  # prepared collections: (ids, texts, BE vectors)
 
     # ----- text -> photos --------------------------------------------------
     def session(self, query: str, n: int = 20, scope: str | None = None) -> "SearchSession":
@@ -208,10 +210,9 @@ class Searcher:
     def captions_stream(self, path: str, n: int = 20, k: int = 20, collection: str | None = None,
                         cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
         vec, tokens, _ = self.encode_photo(path)
-        cid = resolve_collection(self.library, collection)
-        for _ in embed_collection(self.library, self.model, cid):  # nothing to do once prepared
+        for _ in self.prepare_captions(collection):  # nothing to do once prepared
             pass
-        ids, texts, vecs = self.library.store.caption_vectors(cid, self.key)
+        ids, texts, vecs = self._captions[self._collection_key(collection)]
         n = max(n, k)
         scores = vecs @ vec
         top = np.argsort(-scores, kind="stable")[:n]
@@ -226,8 +227,45 @@ class Searcher:
 
     def prepare_captions(self, collection: str | None = None, batch: int = 64) -> Iterator[tuple[int, int]]:
         """Embed a caption collection's captions that have no vector yet (its first use), yielding
-        (done, total); nothing when it is ready. Callers show this as progress."""
-        yield from embed_collection(self.library, self.model, resolve_collection(self.library, collection), batch)
+        (done, total); nothing when it is ready. Callers show this as progress. On a read-only library the
+        vectors are kept in memory for this searcher (and the built-in collection read from its file)."""
+        key = self._collection_key(collection)
+        if key in self._captions:
+            return
+        lib = self.library
+        if not lib.read_only:
+            cid = key[1]
+            yield from embed_collection(lib, self.model, cid, batch)
+            self._captions[key] = lib.store.caption_vectors(cid, self.key)
+            return
+        name = key[1]
+        cid = lib.store.collection_id(name)
+        if cid is None and collection is None:
+            texts = read_captions(DEFAULT_COLLECTION_FILE)
+            ids = np.arange(-1, -len(texts) - 1, -1, dtype=np.int64)
+            have = (np.zeros(0, np.int64), [], np.zeros((0, self.model.dim), np.float32))
+        else:
+            cid = resolve_collection(lib, collection)  # raises when it does not exist
+            have = lib.store.caption_vectors(cid, self.key)
+            missing = lib.store.captions_missing_vectors(cid, self.key)
+            ids = np.array([i for i, _ in missing], dtype=np.int64)
+            texts = [t for _, t in missing]
+        parts = []
+        for i in range(0, len(texts), batch):
+            parts.append(self.model.embed_texts(texts[i : i + batch]))
+            yield min(len(texts), i + batch), len(texts)
+        fresh = np.concatenate(parts) if parts else np.zeros((0, self.model.dim), np.float32)
+        self._captions[key] = (np.concatenate([have[0], ids]), list(have[1]) + texts,
+                                np.concatenate([have[2], fresh]).astype(np.float32))
+
+    def _collection_key(self, collection: str | None) -> tuple:
+        """What prepared caption vectors are kept under: the collection's row and its creation time (a
+        re-import makes a new one), or on a read-only library its name."""
+        if self.library.read_only:
+            return ("read-only", collection or DEFAULT_COLLECTION)
+        cid = resolve_collection(self.library, collection)
+        # The row id and when it was made: a collection imported again may get the same id back.
+        return ("library", cid, self.library.store.collection_created(cid))
 
     def captions(self, path: str, n: int = 20, k: int = 20, collection: str | None = None) -> list[Hit]:
         return _final_hits(self.captions_stream(path, n, k, collection))

@@ -502,6 +502,10 @@ class Store:
         rows = self._rows("SELECT id FROM collections WHERE name = ?", (name,))
         return rows[0][0] if rows else None
 
+    def collection_created(self, collection_id: int) -> float | None:
+        rows = self._rows("SELECT created_at FROM collections WHERE id = ?", (collection_id,))
+        return rows[0][0] if rows else None
+
     def captions_missing_vectors(self, collection_id: int, key: str) -> list[tuple[int, str]]:
         return self._rows("SELECT c.id, c.text FROM captions c WHERE c.collection_id = ? AND NOT EXISTS "
                           "(SELECT 1 FROM caption_vectors v WHERE v.model_key = ? AND v.caption_id = c.id) ORDER BY c.id",

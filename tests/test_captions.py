@@ -309,3 +309,20 @@ def test_caption_vectors_belong_to_the_model_that_made_them(library, tiny_model,
     assert [h.score for h in hits] == pytest.approx(sorted((vecs @ vec).tolist(), reverse=True), abs=1e-5)
     _, _, other_vecs = library.store.caption_vectors(cid, other.be.key)  # still there, still its own
     np.testing.assert_allclose(other_vecs, other.embed_texts(texts), atol=1e-5)
+
+
+def test_a_reimported_collection_is_not_answered_from_the_old_one(library, tiny_model, tmp_path, photo_folder):
+    """A searcher keeps prepared caption vectors; a collection imported again under the same name is new."""
+    from engine.indexer import index_folders
+    from engine.search import Searcher
+
+    for _ in index_folders(library, tiny_model, [str(photo_folder)]):
+        pass
+    searcher = Searcher(library, tiny_model)
+    photo = str(photo_folder / "home" / "photo_02.png")
+    import_collection(library, _write(tmp_path / "a.txt", "a dog on the beach\na cat on a sofa\n"), "mine")
+    assert {h.text for h in searcher.captions(photo, n=5, k=0, collection="mine")} == {"a dog on the beach",
+                                                                                       "a cat on a sofa"}
+    import_collection(library, _write(tmp_path / "b.txt", "a red car\na horse in the snow\n"), "mine")
+    assert {h.text for h in searcher.captions(photo, n=5, k=0, collection="mine")} == {"a red car",
+                                                                                       "a horse in the snow"}

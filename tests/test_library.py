@@ -241,7 +241,14 @@ def test_a_read_only_library_can_be_searched_but_not_written(tmp_path, tiny_mode
     files_before = {p.name: p.stat().st_mtime_ns for p in lib_dir.iterdir()}
     with Library(lib_dir, create=False) as lib:
         assert lib.read_only
-        assert [h.path for h in Searcher(lib, tiny_model).search("a dog", n=5, k=5)] == expected
+        searcher = Searcher(lib, tiny_model)
+        assert [h.path for h in searcher.search("a dog", n=5, k=5)] == expected
+        # Captions too: the built-in collection is embedded in memory, since it cannot be stored.
+        photo = str(photo_folder / "home" / "photo_02.png")
+        assert list(searcher.prepare_captions())[-1][0] > 2000
+        captions = searcher.captions(photo, n=3, k=3)
+        assert len(captions) == 3 and all(h.text and h.rerank_score is not None for h in captions)
+        assert list(searcher.prepare_captions()) == []  # prepared once
         with pytest.raises(LibraryReadOnlyError, match="read-only"):
             run(lib, tiny_model, [photo_folder])
     assert {p.name: p.stat().st_mtime_ns for p in lib_dir.iterdir()} == files_before
