@@ -24,7 +24,7 @@ from engine.errors import ImageError, LibraryBusyError, LibraryReadOnlyError
 from engine.imaging import decode, read_file
 from engine.jobs import CancelToken
 from engine.library import Library
-from engine.paths import normalize_path
+from engine.paths import is_under, normalize_path
 from engine.scanner import FileEntry, scan
 from engine.token_cache import FORMATS, format_for
 
@@ -168,7 +168,7 @@ class Indexer:
                 progress.messages.append(msg)
                 continue
             store.add_folder(root)
-            if any(r != root and root.startswith(r.rstrip(os.sep) + os.sep) for r in roots if os.path.isdir(r)):
+            if any(is_under(root, r, case_sensitive=True) for r in roots if os.path.isdir(r)):
                 continue  # inside another folder of this run: walked with it
             result = scan(root)
             rows = store.photos_under(root, self.key)
@@ -200,9 +200,8 @@ class Indexer:
                         vi.remove([pid])
                 progress.skipped += 1
                 progress.skipped_files.append((problem.path, problem.reason))
-            incomplete = [d.rstrip(os.sep) + os.sep for d in result.incomplete]
-            gone += [row for path, row in rows.items()
-                     if path not in walked and not any(path.startswith(d) for d in incomplete)]
+            gone += [row for path, row in rows.items() if path not in walked
+                     and not any(is_under(path, d, case_sensitive=True) for d in result.incomplete)]
         progress.phase, progress.total = "indexing", len(work)
         yield progress.snapshot()
         progress.messages, progress.skipped_files = [], []

@@ -120,8 +120,10 @@ class Library:
         """For searching: the query must be embedded by the model the photos were."""
         self.recognise(cascade)
         key = cascade.be.key
+        if key == self.store.be_key:
+            return  # the model serving search: nothing to count (a search's usual case)
         done, readable = self.coverage(key)
-        if readable == 0 or key == self.store.be_key or done == readable:
+        if readable == 0 or done == readable:
             return
         active = self.store.model_id
         if done == 0:
@@ -199,7 +201,7 @@ class Library:
         """Check the index of `key` holds exactly the photos the database has vectors for; rebuild it when not.
         Returns True when it had to be rebuilt."""
         vi = self.index_for(key)
-        if vi.ntotal == len(self.store.vectors(key)[0]):
+        if vi.ntotal == self.store.count_photos(key):  # the rows the index is built from, counted, not read
             return False
         self._notice("The search index did not match the library database; it was rebuilt.")
         self.rebuild_index(key)

@@ -23,7 +23,7 @@ import numpy as np
 import sqlite_utils
 
 from engine.errors import LibraryDamagedError, LibraryError, LibraryReadOnlyError
-from engine.paths import folder_bounds
+from engine.paths import folder_bounds, is_under
 
 SCHEMA_VERSION = 2
 OK, ERROR = "ok", "error"
@@ -78,7 +78,6 @@ class Store:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self.lock = threading.RLock()  # kept for callers that group reads; connections are per thread
         exists = self.path.exists()
         if not exists and not create:
             raise LibraryError(f"no library at {self.path.parent}")
@@ -321,12 +320,6 @@ class Store:
             self.set_meta("model_id", source)
             self.set_meta("ce_source", ce_source)
 
-    def forget_model(self, key: str) -> None:
-        with self.batch():
-            self._exec("DELETE FROM vectors WHERE model_key = ?", (key,))
-            self._exec("DELETE FROM caption_vectors WHERE model_key = ?", (key,))
-            self._exec("DELETE FROM models WHERE key = ?", (key,))
-
     # ----- folders -------------------------------------------------------
     def add_folder(self, path: str) -> None:
         self._exec("INSERT OR IGNORE INTO folders(path, added_at) VALUES (?, ?)", (path, time.time()))
@@ -340,7 +333,7 @@ class Store:
             self._exec("DELETE FROM folders WHERE path = ?", (path,))
             others = self.folders()
             ids = [pid for pid, p in self._rows(*self._under_sql("id, path", path))
-                   if not any(_is_under(p, f) for f in others)]
+                   if not any(is_under(p, f, case_sensitive=True) for f in others)]
             self.delete_photos(ids)
         return ids
 
@@ -461,7 +454,8 @@ class Store:
 
     def photo_ids(self, key: str | None = None) -> set[int]:
         """Ids of the photos that have a vector of this model stage."""
-        return set(self.vectors(key)[0].tolist())
+        return {r[0] for r in self._rows(
+            "SELECT p.id FROM photos p WHERE p.status = 'ok' AND " + self._has_vec(), (key or self.be_key or "",))}
 
     def all_hashes(self) -> set[str]:
         return {r[0] for r in self._rows("SELECT DISTINCT hash FROM photos WHERE hash IS NOT NULL")}
@@ -525,11 +519,6 @@ class Store:
         vecs = (np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), -1)
                 if rows else np.zeros((0, dim), np.float32))
         return ids, texts, vecs
-
-
-def _is_under(path: str, folder: str) -> bool:
-    lo, hi = folder_bounds(folder)
-    return lo <= path < hi
 
 
 def _chunks(seq: list, n: int) -> Iterator[list]:

@@ -244,11 +244,6 @@ class TokenCache:
             self._size = self._measure()
         return len(stale)
 
-    def forget_stage(self, stage: str) -> None:
-        with self.lock:
-            self.conn.execute("DELETE FROM features WHERE stage = ?", (stage,))
-            self._size = self._measure()
-
     def clear(self) -> None:
         with self.lock:
             self.conn.execute("DELETE FROM features")
