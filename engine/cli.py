@@ -262,14 +262,6 @@ def _say(args, *msg) -> None:
         print(*msg, file=sys.stderr)
 
 
-def _folder_problem(folder: str) -> str | None:
-    """Why a folder given to index cannot be indexed (the engine's own check), or None."""
-    root = os.path.abspath(os.path.expanduser(folder))
-    if os.path.isdir(root):
-        return None
-    return f"folder not found: {root}" if not os.path.exists(root) else f"not a folder: {root}"
-
-
 def cmd_index(s: Session) -> int:
     from tqdm import tqdm
 
@@ -281,10 +273,14 @@ def cmd_index(s: Session) -> int:
         raise PicsiftError("No folders given and the library has none yet: picsift index FOLDER")
     # Checked here rather than read from the engine's progress messages: the error must show
     # under -q too, and when no folder is usable no model is loaded and no library created.
-    problems = [p for p in map(_folder_problem, folders) if p]
+    from engine.paths import normalize_path
+    from engine.scanner import folder_problem
+
+    checked = [(f, folder_problem(normalize_path(f))) for f in folders]
+    problems = [p for _, p in checked if p]
     if len(problems) == len(folders):
         raise PicsiftError(shown("; ".join(problems)).capitalize() + ".")
-    folders = [f for f in folders if not _folder_problem(f)]
+    folders = [f for f, p in checked if not p]
     if args.cache_budget is not None:
         dropped = s.library.set_cache_budget(args.cache_budget)
         _say(args, f"Rerank cache budget: {format_size(args.cache_budget)}"

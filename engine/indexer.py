@@ -25,7 +25,7 @@ from engine.imaging import decode, read_file
 from engine.jobs import CancelToken
 from engine.library import Library
 from engine.paths import is_under, normalize_path
-from engine.scanner import FileEntry, scan
+from engine.scanner import FileEntry, folder_problem, scan
 from engine.token_cache import FORMATS, format_for
 
 
@@ -162,10 +162,11 @@ class Indexer:
         seen: set[str] = set()  # across folders: a photo in nested library folders is one photo
         roots = [normalize_path(f) for f in folders]
         for root in roots:
-            if not os.path.isdir(root):
-                msg = (f"Folder not found: {root}. Nothing under it was changed in the library."
-                       if not os.path.exists(root) else f"Not a folder: {root}.")
-                progress.messages.append(msg)
+            problem = folder_problem(root)
+            if problem:
+                found = os.path.exists(root)
+                progress.messages.append(problem[0].upper() + problem[1:] + (
+                    "." if found else ". Nothing under it was changed in the library."))
                 continue
             store.add_folder(root)
             if any(is_under(root, r, case_sensitive=True) for r in roots if os.path.isdir(r)):

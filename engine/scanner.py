@@ -37,6 +37,13 @@ class ScanResult:
     incomplete: list[str] = field(default_factory=list)
 
 
+def folder_problem(root: str) -> str | None:
+    """Why a folder given to index cannot be walked ("folder not found: ..." or "not a folder: ..."), or None."""
+    if os.path.isdir(root):
+        return None
+    return f"folder not found: {root}" if not os.path.exists(root) else f"not a folder: {root}"
+
+
 def _skip_dir(name: str) -> bool:
     return name.startswith(".") or name in JUNK_DIRS
 
