@@ -35,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = QSettings(os.path.join(tmp.name, "settings.ini"), QSettings.Format.IniFormat)
     model_dir = args.model
+    build_s = 0.0  # making the random test model is no part of what a user's window does: left out below
     if model_dir is None:
         from engine.models.random_blip import build_random_blip
 
+        t = time.perf_counter()
         model_dir = str(build_random_blip(os.path.join(tmp.name, "blip-base"), "base"))
+        build_s = time.perf_counter() - t
     t_start = time.perf_counter()
     window = create_window(argparse.Namespace(library=os.path.join(tmp.name, "lib"), model=model_dir,
                                               device="auto", precision="auto", folders=[]), settings)
@@ -46,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     app.processEvents()
     shown_ms = (time.perf_counter() - t_start) * 1000
     print(f"window_shown_ms            {shown_ms:8.0f}  ms  (create and show; the model loads in the background)")
-    print(f"process_to_window_ms       {(time.perf_counter() - T0) * 1000:8.0f}  ms  (from the start of this process,"
-          " imports included)")
+    print(f"process_to_window_ms       {(time.perf_counter() - T0 - build_s) * 1000:8.0f}  ms  (from the start of this "
+          "process, imports included, making the random test model left out)")
 
     controller = window.controller
     t = time.perf_counter()
@@ -92,17 +95,19 @@ def main(argv: list[str] | None = None) -> int:
 def fill_library(library, model, count: int) -> None:
     """count synthetic photos with vectors of the model's size (clustered, as real collections are)."""
     from engine.bench import clustered_vectors
-    from engine.store import to_blob
 
-    library.store.set_model(model.model_id, model.dim)
-    vectors = clustered_vectors(count, model.dim)
     store = library.store
+    store.register_model(model.be.key, "be", model.source, model.dim)
+    library.activate(model)
+    vectors = clustered_vectors(count, model.dim)
+    hashes = [f"{i:032x}" for i in range(count)]
     with store.batch():
         store.add_folder("/photos")
         store.conn.executemany(
-            "INSERT INTO photos(path, size, mtime_ns, hash, width, height, status, embedding, updated_at) "
-            "VALUES (?, 1, 1, ?, 1, 1, 'ok', ?, 0)",
-            ((f"/photos/{i // 1000:03d}/{i:07d}.jpg", f"{i:032x}", to_blob(v)) for i, v in enumerate(vectors)))
+            "INSERT INTO photos(path, size, mtime_ns, hash, width, height, status, updated_at) "
+            "VALUES (?, 1, 1, ?, 1, 1, 'ok', 0)",
+            ((f"/photos/{i // 1000:03d}/{i:07d}.jpg", h) for i, h in enumerate(hashes)))
+        store.put_vectors(model.be.key, zip(hashes, vectors))
         store.bump_generation()
     library.rebuild_index()
 

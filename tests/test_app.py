@@ -423,3 +423,13 @@ def test_dropped_or_pasted_image_data_is_described(qtbot, make_window, monkeypat
     assert len(described) == 2
     assert all(QImage(p).size().width() == 40 for p in described)
     assert window.take(QMimeData()) is False
+
+
+def test_window_bench_fills_a_searchable_library(library, tiny_model):
+    """`python -m app.bench` measures the window on a library this fills: it must be one search can use."""
+    from app.bench import fill_library
+
+    fill_library(library, tiny_model, 500)
+    assert library.index.ntotal == 500 and library.store.count_photos() == 500
+    hits = Searcher(library, tiny_model).search("a dog", n=10, k=0)
+    assert len(hits) == 10 and all(h.path.startswith("/photos/") for h in hits)
