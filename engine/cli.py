@@ -186,19 +186,27 @@ class Session:
         return self._library
 
     @property
+    def model_id(self) -> str:
+        from engine.models import DEFAULT_MODEL
+
+        return self.args.model or self.library.model_id or DEFAULT_MODEL
+
+    @property
     def model(self):
         if self._model is None:
-            from engine.models import DEFAULT_MODEL, load_model
-
-            model_id = self.args.model or self.library.model_id or DEFAULT_MODEL
-            ce_model = getattr(self.args, "ce_model", None)
-            if ce_model is None and not self.args.model:
-                ce_model = self.library.store.get_meta("ce_source")  # the library's separately trained CE
             # A search that does not rerank needs only the BE's text side: load nothing else.
             text_only = self.args.command == "search" and getattr(self.args, "k", None) == 0
-            self._model = load_model(model_id, device=self.args.device, precision=self.args.precision,
-                                     ce_model=ce_model, text_only=text_only)
+            self._model = self.load_model(text_only)
         return self._model
+
+    def load_model(self, text_only: bool = False):
+        from engine.models import load_model
+
+        ce_model = getattr(self.args, "ce_model", None)
+        if ce_model is None and not self.args.model:
+            ce_model = self.library.store.get_meta("ce_source")  # the library's separately trained CE
+        return load_model(self.model_id, device=self.args.device, precision=self.args.precision,
+                          ce_model=ce_model, text_only=text_only)
 
     def notice(self, msg: str) -> None:
         """Something the engine wants the user to read; shown once however many records carry it."""
@@ -341,13 +349,46 @@ def _print_hits(s: Session, hits, kind: str) -> None:
         print(f"{h.rank:3d}. {h.score:+.3f}{rr}  {shown(h.path if h.path is not None else h.text)}")
 
 
+def _search_while_ce_loads(s: Session):
+    """A reranked terminal search that starts its work at once: the whole model (the CE) loads in a
+    thread while the BE's text side, which loads in a fraction of the time, embeds the query and FAISS
+    finds the candidates; the CE then reranks that same search session."""
+    import threading
+
+    from engine.search import Searcher, _final_hits
+
+    args = s.args
+    library = s.library  # opened here, before the thread reads the library's model names
+    loaded: dict = {}
+
+    def load() -> None:
+        try:
+            loaded["model"] = s.load_model()
+        except BaseException as exc:  # raised again in the main thread
+            loaded["error"] = exc
+
+    thread = threading.Thread(target=load, name="picsift-load-ce", daemon=True)
+    thread.start()
+    session = Searcher(library, s.load_model(text_only=True)).session(args.query, n=args.n, scope=args.scope)
+    session.retrieve(max(args.n, args.k))
+    thread.join()
+    if "error" in loaded:
+        raise loaded["error"]
+    s._model = loaded["model"]
+    session.searcher = Searcher(library, s._model)
+    return _final_hits(session.stream(args.k))
+
+
 def cmd_search(s: Session) -> int:
+    from engine.models.registry import text_side_loads_alone
     from engine.search import Searcher
 
     args = s.args
-    searcher = Searcher(s.library, s.model)
     t0 = time.perf_counter()
-    hits = searcher.search(args.query, n=args.n, k=args.k, scope=args.scope)
+    if args.k > 0 and s._model is None and text_side_loads_alone(s.model_id, args.device):
+        hits = _search_while_ce_loads(s)
+    else:
+        hits = Searcher(s.library, s.model).search(args.query, n=args.n, k=args.k, scope=args.scope)
     if not args.json:
         _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
                    f"(reranked top {min(args.k, len(hits))})")

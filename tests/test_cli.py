@@ -588,3 +588,43 @@ def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, 
     rc, out, err = run(capsys, "status")
     assert f"Reranker:    {ce_dir}" in out
     assert "Rerank cache: 5 of 12 photos cached" in out  # what the query reranked, under the new CE's key
+
+
+def test_reranked_search_embeds_the_query_while_the_ce_loads(indexed, tiny_model_dir, capsys, monkeypatch,
+                                                            _isolated_home):
+    """`search -k K` loads the whole model in a thread while the text side embeds the query; the reranked
+    order is the one the whole model alone gives."""
+    import threading
+
+    from engine import cli
+    from engine.library import Library
+    from engine.models import load_model
+    from engine.search import Searcher
+
+    text_side_done = threading.Event()
+    full_waited = []
+    real = cli.Session.load_model
+
+    def load(self, text_only=False):
+        if text_only:
+            model = real(self, text_only=True)
+            text_side_done.set()
+            return model
+        # The whole model's load only finishes once the text side has loaded: a search that loaded them one
+        # after the other (whole model first) would wait here for the full timeout.
+        full_waited.append(text_side_done.wait(timeout=30))
+        return real(self, text_only=False)
+
+    monkeypatch.setattr(cli.Session, "load_model", load)
+    hits = run_json(capsys, "search", "a dog", "-n", "6", "-k", "4")
+    assert full_waited == [True]
+    assert len(hits) == 6 and [h["rerank_score"] is not None for h in hits] == [True] * 4 + [False] * 2
+
+    model = load_model(str(tiny_model_dir), device="cpu", precision="auto")
+    lib = Library(_isolated_home)
+    try:
+        ref = Searcher(lib, model).search("a dog", n=6, k=4)
+    finally:
+        lib.close()
+    assert [h["path"] for h in hits] == [h.path for h in ref]
+    assert [h["rerank_score"] for h in hits[:4]] == pytest.approx([h.rerank_score for h in ref[:4]], abs=1e-6)

@@ -152,8 +152,30 @@ def load_cascade(model_id: str = DEFAULT_MODEL, ce_model: str | None = None, dev
     from engine.models.cascade import Cascade
     from engine.models.device import pick_device, resolve_precision
 
+    if text_only and text_side_loads_alone(model_id, device):
+        # Imports nothing of transformers, so it needs no lock: it can run while another thread loads the
+        # whole model (`picsift search -k K` embeds its query while the CE loads).
+        return _load_cascade(model_id, ce_model, device, precision, on_download, text_only)
     with _LOAD_LOCK:
         return _load_cascade(model_id, ce_model, device, precision, on_download, text_only)
+
+
+def text_side_loads_alone(model_id: str, device: str | None = "auto") -> bool:
+    """Whether a text-only load of this checkpoint reads only the BE's text side in plain torch (a BLIP
+    checkpoint on the CPU, cached, with model.safetensors and tokenizer.json), importing no transformers."""
+    from engine.models.device import pick_device
+
+    if pick_device(device)[0] != "cpu" or not is_cached(model_id):
+        return False
+    try:
+        folder = resolve_folder(model_id)
+        if model_type_of(folder) != "blip":
+            return False
+        from engine.models import blip_text
+
+        return blip_text.can_load(folder)
+    except (ModelNotFoundError, OSError, ValueError):
+        return False
 
 
 def _load_cascade(model_id, ce_model, device, precision, on_download, text_only):
