@@ -43,6 +43,10 @@ class CollectionError(PicsiftError):
     """A caption collection cannot be imported or found."""
 
 
+class DatasetError(PicsiftError):
+    """An image-caption dataset cannot be read or holds nothing usable; the text is one sentence for users."""
+
+
 class LibraryDamagedError(LibraryError):
     """The library database is damaged; the text says how to recover."""
 
