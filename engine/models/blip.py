@@ -174,8 +174,14 @@ class BlipCrossEncoder:
         self.name = ckpt.name
         self.feature_shape = ckpt.token_shape
 
-    @torch.inference_mode()
     def score(self, texts: str | Sequence[str], features: np.ndarray) -> np.ndarray:
+        return self._run(texts, features, probabilities=True)
+
+    def logits(self, texts: str | Sequence[str], features: np.ndarray) -> np.ndarray:
+        return self._run(texts, features, probabilities=False)
+
+    @torch.inference_mode()
+    def _run(self, texts: str | Sequence[str], features: np.ndarray, probabilities: bool) -> np.ndarray:
         ckpt = self.ckpt
         n = len(features)
         if n == 0:
@@ -193,10 +199,11 @@ class BlipCrossEncoder:
             with ckpt.image_side():
                 logits = itm_logits(ckpt.model, inputs["input_ids"][a:b].to(ckpt.device),
                                     inputs["attention_mask"][a:b].to(ckpt.device), img).float()
-            return [torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)]
+            out = torch.softmax(logits, dim=-1)[:, 1] if probabilities else logits[:, 1] - logits[:, 0]
+            return [out.cpu().numpy().astype(np.float32)]
 
-        (probs,) = ckpt.batched(n, ckpt.ce_batch_size, run)
-        return probs
+        (out,) = ckpt.batched(n, ckpt.ce_batch_size, run)
+        return out
 
 
 @register("blip")

@@ -47,6 +47,9 @@ class Reranker(Protocol):
     def score(self, texts: str | Sequence[str], features: np.ndarray) -> np.ndarray:
         """Match probability of each (text, photo features) pair; one text is paired with every photo."""
 
+    def logits(self, texts: str | Sequence[str], features: np.ndarray) -> np.ndarray:
+        """The match log-odds of each pair (score = sigmoid(logits)): what evaluation adds to a BE cosine."""
+
 
 class VisionBackbone(Protocol):
     """What a checkpoint runs on pixels; `encode_pixels` gives the BE vectors and the features of the

@@ -1,0 +1,90 @@
+"""The training objectives of "Retrieve Fast, Rerank Smart": the BE's and the CE's.
+
+BE: batch-hard triplet loss (VSE++ max violation) on cosine distance in both
+directions, or InfoNCE with a learnable temperature (BLIP's ITC). Items that
+share an image are never each other's negatives. CE: two-way cross-entropy on
+the matching head's logits. All take L2-normalised vectors and image ids, so
+a batch may hold several captions of one photo.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def same_image(text_ids: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """(T, I) bool: caption t and image i show the same photo."""
+    return text_ids[:, None] == image_ids[None, :]
+
+
+def triplet_max_violation(text: torch.Tensor, image: torch.Tensor, text_ids: torch.Tensor,
+                          image_ids: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Batch-hard triplet loss on cosine distance, both directions, for a batch of B (caption, image) pairs.
+
+    text[b] and image[b] are a positive pair (rows of L2-normalised vectors); text_ids/image_ids name each
+    row's photo. For each pair: relu(d(t_b, i_b) - d(t_b, hardest other image) + margin) plus
+    relu(d(t_b, i_b) - d(hardest other caption, i_b) + margin), where "other" excludes every item of the
+    same photo; the mean over pairs. A pair with no valid negative in one direction adds nothing there.
+    """
+    dist = 1.0 - text @ image.T  # (B, B)
+    pos = dist.diagonal()
+    neg_mask = ~same_image(text_ids, image_ids)
+    inf = torch.finfo(dist.dtype).max
+    hard_image = dist.masked_fill(~neg_mask, inf).amin(dim=1)  # caption b -> nearest wrong image
+    hard_text = dist.masked_fill(~neg_mask, inf).amin(dim=0)  # image b -> nearest wrong caption
+    loss_t = torch.where(hard_image < inf, F.relu(pos - hard_image + margin), torch.zeros_like(pos))
+    loss_i = torch.where(hard_text < inf, F.relu(pos - hard_text + margin), torch.zeros_like(pos))
+    return (loss_t + loss_i).mean()
+
+
+def info_nce(text: torch.Tensor, image: torch.Tensor, text_ids: torch.Tensor, image_ids: torch.Tensor,
+             log_temperature: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss (BLIP's ITC) with a learnable temperature: exp(log_temperature), clamped
+    to [0.001, 0.5]. Every item of the same photo is a positive; the targets spread evenly over them."""
+    temp = log_temperature.exp().clamp(0.001, 0.5)
+    logits = text @ image.T / temp
+    positives = same_image(text_ids, image_ids).float()
+    t2i = -(F.log_softmax(logits, dim=1) * positives / positives.sum(1, keepdim=True)).sum(1).mean()
+    i2t = -(F.log_softmax(logits.T, dim=1) * positives.T / positives.T.sum(1, keepdim=True)).sum(1).mean()
+    return (t2i + i2t) / 2
+
+
+def matching_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Two-way cross-entropy on ITM logits (B, 2); label 1 is a match."""
+    return F.cross_entropy(logits, labels.long())
+
+
+def pick_negatives(text_ids: torch.Tensor, image_ids: torch.Tensor, generator: torch.Generator,
+                   swap_text_probability: float = 0.5, similarity: torch.Tensor | None = None,
+                   hard_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One negative per positive pair b of a batch: (text row, image row) indices into the batch.
+
+    With probability swap_text_probability the caption is swapped (another photo's caption with image b),
+    otherwise the image (caption b with another photo's image). The other item is drawn at random among
+    the batch's items of other photos, or, with probability hard_probability and given the BE similarity
+    (B captions x B images), it is the most similar item of another photo (a hard negative).
+    Pairs whose batch holds no other photo keep their positive indices and should be dropped by the caller
+    (see the returned rows equal to b in both columns)."""
+    b = len(text_ids)
+    other = ~same_image(text_ids, image_ids)  # (B, B): caption row x image column of different photos
+    swap_text = torch.rand(b, generator=generator) < swap_text_probability
+    hard = torch.rand(b, generator=generator) < hard_probability if similarity is not None else torch.zeros(b, dtype=torch.bool)
+    noise = torch.rand(b, b, generator=generator)
+    t_rows = torch.arange(b)
+    i_rows = torch.arange(b)
+    for j in range(b):
+        if swap_text[j]:
+            candidates = other[:, j]  # captions of other photos, for image j
+            scores = similarity[:, j] if hard[j] else noise[:, j]
+        else:
+            candidates = other[j, :]  # images of other photos, for caption j
+            scores = similarity[j, :] if hard[j] else noise[j, :]
+        if not bool(candidates.any()):
+            continue
+        pick = int(scores.masked_fill(~candidates, float("-inf")).argmax())
+        if swap_text[j]:
+            t_rows[j] = pick
+        else:
+            i_rows[j] = pick
+    return t_rows, i_rows

@@ -1,0 +1,415 @@
+"""`picsift train`: fine-tune a BLIP retrieval model as a BE, a CE, or both on shared weights (Joint).
+
+An engine generator like indexing: `Trainer.run()` yields TrainProgress events, so the terminal draws a
+progress bar from them and a window could drive the same run. A run is resumable: its state (weights,
+optimiser, schedule, step, best dev figure) is saved every `checkpoint_every` steps and when cancelled,
+and the data order and negative sampling are functions of (seed, step), so a resumed run goes on exactly
+where the saved one stood, repeating nothing from the start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from engine.errors import PicsiftError
+from engine.jobs import CancelToken
+
+MODES = ("be", "ce", "joint")
+BE_LOSSES = ("triplet", "infonce")
+STATE_DIR = ".picsift-train"  # inside the output folder: the resumable state, not part of the checkpoint
+
+
+class TrainingError(PicsiftError):
+    """A training run cannot start or go on; the text says why."""
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    out: str
+    mode: str = "joint"
+    model: str | None = None  # hub id or folder of a BLIP retrieval checkpoint
+    init: str | None = None  # "small" | "tiny": a fresh model, vocabulary from the data
+    image_size: int | None = None  # fresh models only
+    split: str | None = "train"
+    dev_split: str | None = "dev"
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float | None = None  # default: 5e-4 from scratch; fine-tuning 2e-5 (be), 5e-5 (ce, joint)
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    be_loss: str = "triplet"
+    margin: float = 0.1
+    hard_negatives: float = 0.0
+    eval_every: int = 100
+    checkpoint_every: int | None = None  # default: eval_every
+    dev_max_images: int = 100  # the dev figure reads at most this many dev photos (the CE scores all pairs)
+    max_text_tokens: int = 40
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.init:
+            return 5e-4
+        return 2e-5 if self.mode == "be" else 5e-5
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise TrainingError(f"--mode must be one of {', '.join(MODES)}, not '{self.mode}'.")
+        if self.be_loss not in BE_LOSSES:
+            raise TrainingError(f"--be-loss must be one of {', '.join(BE_LOSSES)}, not '{self.be_loss}'.")
+        if (self.model is None) == (self.init is None):
+            raise TrainingError("Give either --model (a checkpoint to fine-tune) or --init small|tiny (a fresh model).")
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1.")
+        if self.batch_size < 2:
+            raise TrainingError("--batch-size must be at least 2: negatives come from the batch.")
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            raise TrainingError("--hard-negatives is a probability between 0 and 1.")
+        if self.margin < 0:
+            raise TrainingError("--margin must not be negative.")
+
+
+@dataclass
+class TrainProgress:
+    phase: str  # "preparing" | "training" | "evaluating" | "saved" | "done" | "cancelled"
+    step: int
+    steps: int
+    losses: dict[str, float] = field(default_factory=dict)
+    dev: dict[str, float] | None = None  # the last dev figures
+    best: float | None = None  # best dev mean recall so far
+    message: str = ""
+
+
+class Trainer:
+    def __init__(self, options: TrainOptions, cancel: CancelToken | None = None):
+        options.check()
+        self.o = options
+        self.cancel = cancel or CancelToken()
+        self.out = Path(options.out).expanduser().resolve()
+        self.state_dir = self.out / STATE_DIR
+
+    # ----- set-up ----------------------------------------------------------
+    def _prepare(self) -> Iterator[TrainProgress]:
+        import torch
+
+        from engine.models.device import pick_device
+        from engine.training.datasets import read_dataset
+        from engine.training.fresh import fresh_model, load_trainable
+
+        o = self.o
+        state_file = self.state_dir / "state.pt"
+        if o.resume and not state_file.is_file():
+            raise TrainingError(f"Nothing to resume in {self.out}: no saved training state there.")
+        if not o.resume and self.out.exists() and any(p.name != STATE_DIR for p in self.out.iterdir()):
+            raise TrainingError(f"{self.out} is not empty; give a new --out folder, or --resume to continue the "
+                                "run saved there.")
+        yield TrainProgress("preparing", 0, o.steps, message="reading the dataset")
+        self.data = read_dataset(o.data, split=o.split)
+        self.dev = None
+        if o.dev_split and o.dev_split in read_dataset(o.data, check_images=False).split_names():
+            dev = read_dataset(o.data, split=o.dev_split)
+            self.dev = dev.subset(range(min(o.dev_max_images, len(dev.images))))
+        self.device = pick_device(o.device)[0]
+        torch.manual_seed(o.seed)
+        if o.init:
+            self.model, self.processor = fresh_model(o.init, self.data.captions, seed=o.seed, image_size=o.image_size)
+        else:
+            self.model, self.processor = load_trainable(o.model)
+        self.model.to(self.device)
+        yield TrainProgress("preparing", 0, o.steps, message=f"decoding {len(self.data.images):,} photos")
+        self.pixels = self._pixels(self.data.images)
+        self.ids, self.mask = self._tokens(self.data.captions)
+        self.caption_image = torch.as_tensor(self.data.caption_image)
+        if self.dev is not None:
+            self.dev_pixels = self._pixels(self.dev.images)
+            self.dev_ids, self.dev_mask = self._tokens(self.dev.captions)
+        self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(0.07), device=self.device))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o.mode != "ce" and o.be_loss == "infonce":
+            params.append(self.log_temperature)
+        self.optimizer = torch.optim.AdamW(params, lr=o.learning_rate(), weight_decay=o.weight_decay, eps=1e-6)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1.0 - s / o.steps))
+        self.step = 0
+        self.best: float | None = None
+        self.history: list[dict] = []
+        if o.resume:
+            self._load_state(state_file)
+        self.amp = None
+        if self.device.startswith("cuda"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.amp = dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+
+    def _pixels(self, paths):
+        import torch
+
+        from engine.imaging import open_photo
+
+        size = int(self.model.config.vision_config.image_size)
+        chunks = []
+        for a in range(0, len(paths), 64):
+            images = [open_photo(str(p), size).image for p in paths[a:a + 64]]
+            chunks.append(self.processor(images=images, return_tensors="pt")["pixel_values"])
+        return torch.cat(chunks) if chunks else torch.zeros(0)
+
+    def _tokens(self, captions):
+        enc = self.processor.tokenizer(list(captions), padding="longest", truncation=True,
+                                       max_length=self.o.max_text_tokens, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    # ----- state -------------------------------------------------------------
+    def _state(self) -> dict:
+        return {"step": self.step, "best": self.best, "history": self.history,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "log_temperature": self.log_temperature.detach().cpu(),
+                "options": self._fingerprint()}
+
+    def _fingerprint(self) -> dict:
+        o = self.o
+        return {k: getattr(o, k) for k in ("mode", "steps", "batch_size", "seed", "be_loss", "split", "init")} | {
+            "data": str(Path(o.data).expanduser().resolve()), "captions": len(self.data.captions)}
+
+    def _save_state(self) -> None:
+        import torch
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / "state.pt.tmp"
+        torch.save(self._state(), tmp)
+        os.replace(tmp, self.state_dir / "state.pt")  # a kill during the save leaves the previous state whole
+
+    def _load_state(self, path: Path) -> None:
+        import torch
+
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        mine, saved = self._fingerprint(), state.get("options", {})
+        differ = [k for k in mine if saved.get(k) != mine[k]]
+        if differ:
+            raise TrainingError(f"The run saved in {self.out} was started with other settings ({', '.join(differ)}); "
+                                "resume it with the same ones or start a new --out folder.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        with torch.no_grad():
+            self.log_temperature.copy_(state["log_temperature"].to(self.device))
+        self.step, self.best, self.history = state["step"], state["best"], state["history"]
+
+    # ----- the data order: a function of (seed, step) ----------------------
+    def batch(self, step: int) -> np.ndarray:
+        """Caption indices of the batch at `step`: epochs are seeded permutations of every caption."""
+        n, b = len(self.data.captions), self.o.batch_size
+        start = step * b
+        out = []
+        while len(out) < b:
+            epoch, pos = divmod(start + len(out), n)
+            perm = np.random.default_rng([self.o.seed, epoch]).permutation(n)
+            out.extend(perm[pos:pos + b - len(out)].tolist())
+        return np.asarray(out)
+
+    # ----- the model's pieces --------------------------------------------------
+    def _autocast(self):
+        import torch
+        from contextlib import nullcontext
+
+        return torch.autocast("cuda", dtype=self.amp) if self.amp else nullcontext()
+
+    def image_tokens(self, pixels):
+        return self.model.vision_model(pixel_values=pixels.to(self.device)).last_hidden_state
+
+    def image_vectors(self, tokens):
+        import torch.nn.functional as F
+
+        return F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
+
+    def text_vectors(self, ids, mask):
+        import torch.nn.functional as F
+
+        hidden = self.model.text_encoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+        return F.normalize(self.model.text_proj(hidden[:, 0, :]).float(), dim=-1)
+
+    def itm_logits(self, ids, mask, tokens):
+        import torch
+
+        atts = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        hidden = self.model.text_encoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                         encoder_hidden_states=tokens, encoder_attention_mask=atts).last_hidden_state
+        return self.model.itm_head(hidden[:, 0, :]).float()
+
+    # ----- one step of each objective ---------------------------------------
+    def _batch_tensors(self, step: int):
+        import torch
+
+        caps = torch.as_tensor(self.batch(step))
+        imgs = self.caption_image[caps]
+        unique, inverse = torch.unique(imgs, return_inverse=True)
+        return caps, imgs, unique, inverse
+
+    def be_loss(self, step: int):
+        from engine.training.losses import info_nce, triplet_max_violation
+
+        caps, imgs, unique, inverse = self._batch_tensors(step)
+        with self._autocast():
+            image = self.image_vectors(self.image_tokens(self.pixels[unique]))[inverse]
+            text = self.text_vectors(self.ids[caps], self.mask[caps])
+        ids = imgs.to(self.device)
+        if self.o.be_loss == "infonce":
+            return info_nce(text, image, ids, ids, self.log_temperature)
+        return triplet_max_violation(text, image, ids, ids, self.o.margin)
+
+    def ce_loss(self, step: int):
+        import torch
+
+        from engine.training.losses import matching_loss, pick_negatives
+
+        caps, imgs, unique, inverse = self._batch_tensors(step)
+        gen = torch.Generator().manual_seed(self.o.seed * 1_000_003 + step)
+        with self._autocast():
+            tokens = self.image_tokens(self.pixels[unique])
+            similarity = None
+            if self.o.hard_negatives > 0:
+                with torch.no_grad():
+                    similarity = (self.text_vectors(self.ids[caps], self.mask[caps])
+                                  @ self.image_vectors(tokens)[inverse].T).cpu()
+            t_rows, i_rows = pick_negatives(imgs, imgs, gen, similarity=similarity,
+                                            hard_probability=self.o.hard_negatives)
+            valid = (t_rows != torch.arange(len(caps))) | (i_rows != torch.arange(len(caps)))
+            t_rows, i_rows = t_rows[valid], i_rows[valid]
+            text_rows = torch.cat([caps, caps[t_rows]])
+            image_rows = torch.cat([inverse, inverse[i_rows]])
+            logits = self.itm_logits(self.ids[text_rows], self.mask[text_rows], tokens[image_rows.to(self.device)])
+        labels = torch.cat([torch.ones(len(caps)), torch.zeros(len(t_rows))]).to(self.device)
+        return matching_loss(logits, labels)
+
+    def _optimise(self, loss) -> float:
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.o.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """The step's objectives, each with its own forward, backward and optimiser step (Joint alternates)."""
+        import torch
+
+        torch.manual_seed(self.o.seed * 7_919 + step)  # dropout, if the model has any, is a function of the step
+        self.model.train()
+        losses = {}
+        if self.o.mode in ("be", "joint"):
+            losses["be"] = self._optimise(self.be_loss(step))
+        if self.o.mode in ("ce", "joint"):
+            losses["ce"] = self._optimise(self.ce_loss(step))
+        self.schedule.step()
+        return losses
+
+    # ----- the dev figure --------------------------------------------------------
+    def dev_figures(self) -> dict[str, float]:
+        """Recall on the dev photos: of the BE (modes be, joint) and of the CE over every pair (ce, joint);
+        `mean` is what the best checkpoint is chosen by."""
+        import torch
+
+        from engine.training.recall import mean_recall, recalls
+
+        self.model.eval()
+        out: dict[str, float] = {}
+        with torch.no_grad(), self._autocast():
+            tokens = torch.cat([self.image_tokens(self.dev_pixels[a:a + 64]) for a in range(0, len(self.dev_pixels), 64)])
+            figures = []
+            if self.o.mode in ("be", "joint"):
+                img = self.image_vectors(tokens)
+                txt = torch.cat([self.text_vectors(self.dev_ids[a:a + 256], self.dev_mask[a:a + 256])
+                                 for a in range(0, len(self.dev_ids), 256)])
+                r = recalls((txt @ img.T).cpu().numpy(), self.dev.caption_image)
+                out.update({f"be_{k}": v for k, v in r.items()})
+                figures.append(mean_recall(r))
+            if self.o.mode in ("ce", "joint"):
+                scores = self._ce_matrix(tokens)
+                r = recalls(scores, self.dev.caption_image)
+                out.update({f"ce_{k}": v for k, v in r.items()})
+                figures.append(mean_recall(r))
+        out["mean"] = float(np.mean(figures))
+        return out
+
+    def _ce_matrix(self, tokens) -> np.ndarray:
+        import torch
+
+        n_t, n_i = len(self.dev_ids), len(tokens)
+        scores = np.zeros((n_t, n_i), np.float32)
+        pairs = [(t, i) for t in range(n_t) for i in range(n_i)]
+        for a in range(0, len(pairs), 512):
+            chunk = pairs[a:a + 512]
+            t = torch.as_tensor([p[0] for p in chunk])
+            i = torch.as_tensor([p[1] for p in chunk])
+            logits = self.itm_logits(self.dev_ids[t], self.dev_mask[t], tokens[i.to(tokens.device)])
+            scores[t.numpy(), i.numpy()] = (logits[:, 1] - logits[:, 0]).cpu().numpy()
+        return scores
+
+    # ----- the run ----------------------------------------------------------------
+    def run(self) -> Iterator[TrainProgress]:
+        from engine.training.fresh import save_checkpoint
+
+        yield from self._prepare()
+        o = self.o
+        every = o.checkpoint_every or o.eval_every
+        if self.step == 0 and self.dev is None:
+            yield TrainProgress("training", 0, o.steps, message="no dev split: the last checkpoint is kept")
+        elif self.step:
+            yield TrainProgress("training", self.step, o.steps, best=self.best,
+                                message=f"resumed at step {self.step:,} of {o.steps:,}")
+        losses: dict[str, float] = {}
+        started = time.perf_counter()
+        while self.step < o.steps:
+            if self.cancel.cancelled:
+                self._save_state()
+                self._write_log(started)
+                yield TrainProgress("cancelled", self.step, o.steps, losses, best=self.best,
+                                    message=f"stopped at step {self.step:,}; --resume continues from there")
+                return
+            losses = self.train_step(self.step)
+            self.step += 1
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise TrainingError(f"The loss became {losses} at step {self.step}; lower --lr and start again.")
+            self.history.append({"step": self.step, **{f"loss_{k}": round(v, 5) for k, v in losses.items()}})
+            yield TrainProgress("training", self.step, o.steps, losses, best=self.best)
+            last = self.step == o.steps
+            if self.dev is not None and (self.step % o.eval_every == 0 or last):
+                yield TrainProgress("evaluating", self.step, o.steps, losses, best=self.best)
+                dev = self.dev_figures()
+                self.history[-1]["dev"] = {k: round(v, 4) for k, v in dev.items()}
+                if self.best is None or dev["mean"] > self.best:
+                    self.best = dev["mean"]
+                    save_checkpoint(self.model, self.processor, self.out)
+                    self._write_log(started)
+                    yield TrainProgress("saved", self.step, o.steps, losses, dev, self.best,
+                                        message=f"best dev mean recall {dev['mean']:.3f} at step {self.step:,}")
+                else:
+                    yield TrainProgress("evaluating", self.step, o.steps, losses, dev, self.best)
+            elif self.dev is None and (self.step % every == 0 or last):
+                save_checkpoint(self.model, self.processor, self.out)
+            if self.step % every == 0 or last:
+                self._save_state()
+        self._write_log(started)
+        yield TrainProgress("done", self.step, o.steps, losses, best=self.best,
+                            message=f"checkpoint in {self.out}")
+
+    def _write_log(self, started: float) -> None:
+        log = {"options": {k: v for k, v in asdict(self.o).items()}, "step": self.step, "best_dev_mean": self.best,
+               "train_images": len(self.data.images), "train_captions": len(self.data.captions),
+               "dev_images": len(self.dev.images) if self.dev is not None else 0, "history": self.history}
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "training.json").write_text(json.dumps(log, indent=1))
