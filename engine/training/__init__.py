@@ -1,0 +1,1 @@
+"""Fine-tuning and evaluation: datasets, losses, training and recall-at-k."""
