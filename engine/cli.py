@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=["tiny", "base"],
                    help="tiny: a few MB, fast; base: the real architecture (about 900 MB)")
     p.add_argument("--seed", type=non_negative_int, default=0)
+
+    from engine.training.commands import add_parsers
+
+    add_parsers(sub, common, positive_int, non_negative_int, parse_sizes)
     return parser
 
 
@@ -553,7 +557,9 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
     args = build_parser().parse_args(argv)
     level = logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s")
-    handlers = {**COMMANDS, **(extra_commands or {})}
+    from engine.training.commands import COMMANDS as TRAINING_COMMANDS
+
+    handlers = {**COMMANDS, **TRAINING_COMMANDS, **(extra_commands or {})}
     if args.command not in handlers:
         print("picsift: the desktop window is not part of this installation (the app package is missing).",
               file=sys.stderr)

@@ -344,3 +344,26 @@ def _pyplot():
     except ImportError:
         raise EvalError("Plots need matplotlib: pip install -e '.[bench]'.") from None
     return plt
+
+
+def write_reports(evaluation: Evaluation, result: dict, folder: str | Path) -> list[Path]:
+    """eval.json (the contract), eval.md (the table) and, with matplotlib, the two plots."""
+    import json
+
+    out = Path(folder).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "eval.json", out / "eval.md"]
+    written[0].write_text(json.dumps(result, indent=1))
+    written[1].write_text(markdown_table(result) + "\n")
+    try:
+        _pyplot()
+    except EvalError:
+        return written
+    written.append(plot_recall_vs_k({Path(result["model"]).name: result}, out / "recall_vs_k.png"))
+    n = len(evaluation.gallery.images)
+    sizes = sorted({max(1, n // 8), max(1, n // 4), max(1, n // 2), n})
+    curves = evaluation.latency_curve(sizes)
+    result["latency_curve"] = {"sizes": sizes, **{m: [round(v, 2) for v in ms] for m, ms in curves.items()}}
+    written[0].write_text(json.dumps(result, indent=1))
+    written.append(plot_latency(sizes, curves, out / "latency.png", note=f"{result['precision']}, {result['device']}"))
+    return written

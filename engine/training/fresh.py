@@ -18,6 +18,8 @@ INIT_PRESETS = {
     "small": dict(image_size=64, patch_size=8, vision_hidden=128, text_hidden=128, layers=4, heads=4, dim=128),
 }
 
+INIT_STD = 0.02  # BERT's and ViT's initialisation
+
 WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]", re.IGNORECASE)
 
 
@@ -55,12 +57,15 @@ def fresh_model(preset: str, captions: Iterable[str], seed: int = 0, image_size:
     config = BlipConfig(
         vision_config=dict(hidden_size=p["vision_hidden"], intermediate_size=4 * p["vision_hidden"],
                            num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
-                           image_size=p["image_size"], patch_size=p["patch_size"]),
+                           image_size=p["image_size"], patch_size=p["patch_size"],
+                           # BlipVisionConfig's default is 1e-10: a fresh vision encoder would be all zeros
+                           initializer_range=INIT_STD),
         text_config=dict(vocab_size=len(vocab), hidden_size=p["text_hidden"], intermediate_size=4 * p["text_hidden"],
                          num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
                          encoder_hidden_size=p["vision_hidden"], max_position_embeddings=128,
-                         bos_token_id=vocab["[DEC]"], pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"]),
-        image_text_hidden_size=p["dim"],
+                         bos_token_id=vocab["[DEC]"], pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"],
+                         initializer_range=INIT_STD),
+        image_text_hidden_size=p["dim"], initializer_range=INIT_STD,
     )
     torch.manual_seed(seed)
     model = BlipForImageTextRetrieval(config)

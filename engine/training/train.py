@@ -39,7 +39,7 @@ class TrainOptions:
     model: str | None = None  # hub id or folder of a BLIP retrieval checkpoint
     init: str | None = None  # "small" | "tiny": a fresh model, vocabulary from the data
     image_size: int | None = None  # fresh models only
-    split: str | None = "train"
+    split: str | None = None  # None: "train" when the data has that split, else every row
     dev_split: str | None = "dev"
     steps: int = 1000
     batch_size: int = 32
@@ -117,9 +117,11 @@ class Trainer:
             raise TrainingError(f"{self.out} is not empty; give a new --out folder, or --resume to continue the "
                                 "run saved there.")
         yield TrainProgress("preparing", 0, o.steps, message="reading the dataset")
-        self.data = read_dataset(o.data, split=o.split)
+        names = read_dataset(o.data, check_images=False).split_names()
+        self.split = o.split or ("train" if "train" in names else None)
+        self.data = read_dataset(o.data, split=self.split)
         self.dev = None
-        if o.dev_split and o.dev_split in read_dataset(o.data, check_images=False).split_names():
+        if o.dev_split and o.dev_split in names and o.dev_split != self.split:
             dev = read_dataset(o.data, split=o.dev_split)
             self.dev = dev.subset(range(min(o.dev_max_images, len(dev.images))))
         self.device = pick_device(o.device)[0]

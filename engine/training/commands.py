@@ -1,0 +1,232 @@
+"""The terminal commands of the training half: `train`, `eval` and `bench-data` (parsers and handlers).
+
+engine/cli.py adds these to its parser and dispatches to them; everything here only turns options into
+engine calls and engine events into progress bars and output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, not {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, not {text!r}")
+    return v
+
+
+def _modes(text: str) -> list[str]:
+    from engine.training.evaluate import MODES
+
+    parts = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in parts if m not in MODES]
+    if not parts or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(MODES)}, not {text!r}")
+    return parts
+
+
+def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> None:
+    p = sub.add_parser("train", parents=[common], help="fine-tune a BE, a CE or both (joint) on image-caption data")
+    p.add_argument("data", help="captions CSV/TSV, COCO or Karpathy JSON, or a folder with captions.csv and images/")
+    p.add_argument("--mode", choices=["be", "ce", "joint"], default="joint",
+                   help="be: the twin network; ce: the matching head; joint: both on shared weights (default)")
+    p.add_argument("--out", required=True, metavar="FOLDER", help="where the checkpoint goes (a normal model folder)")
+    p.add_argument("--init", choices=["tiny", "small"],
+                   help="start from a fresh model of this size, its vocabulary from the data (instead of --model)")
+    p.add_argument("--image-size", type=positive_int, help="photo size of a fresh model (default 64)")
+    p.add_argument("--split", help="the split to train on (default: train, when the data has one; else all)")
+    p.add_argument("--dev-split", default="dev", help="the split the best checkpoint is chosen on (default dev)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="optimiser steps (default 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="captions per step (default 32)")
+    p.add_argument("--lr", type=_positive_float,
+                   help="learning rate (default 5e-4 from scratch; 2e-5 be, 5e-5 ce and joint when fine-tuning)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--be-loss", choices=["triplet", "infonce"], default="triplet",
+                   help="triplet: batch-hard, both directions (default); infonce: contrastive, learnable temperature")
+    p.add_argument("--margin", type=float, default=0.1, help="triplet margin (default 0.1)")
+    p.add_argument("--hard-negatives", type=_probability, default=0.0, metavar="P",
+                   help="draw the CE's negative from the BE's nearest non-matching item with probability P")
+    p.add_argument("--eval-every", type=positive_int, default=100, help="dev evaluation every N steps (default 100)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+
+    p = sub.add_parser("eval", parents=[common], help="recall at 1/5/10 of the BE, the CE and Coop, with query latency")
+    p.add_argument("data", help="captions CSV/TSV, COCO or Karpathy JSON, or a folder with captions.csv and images/")
+    p.add_argument("--split", help="the split to evaluate (default: test, when the data has one; else all)")
+    p.add_argument("--modes", type=_modes, default=["be", "ce", "coop"], help="rows: be,ce,coop (default all)")
+    p.add_argument("--ks", type=parse_sizes, default=[5, 10, 20, 50], help="Coop depths (default 5,10,20,50)")
+    p.add_argument("--distractors", metavar="FOLDER_OR_DATA", help="more photos to search (no more queries)")
+    p.add_argument("--ce-max-pairs", type=positive_int, default=500_000,
+                   help="refuse the CE-alone row above this many caption-photo pairs (default 500000)")
+    p.add_argument("--out", metavar="FOLDER", help="write eval.json, eval.md and the plots there")
+    p.add_argument("--max-images", type=positive_int, help="evaluate on the first N photos of the split")
+
+    p = sub.add_parser("bench-data", parents=[common], help="generate a benchmark dataset (shapes)")
+    p.add_argument("kind", choices=["shapes"])
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--train", type=positive_int, default=2000, help="training images (default 2000)")
+    p.add_argument("--dev-groups", type=positive_int, default=30, help="dev scenes, each with two twins (default 30)")
+    p.add_argument("--test-groups", type=positive_int, default=60, help="test scenes, each with two twins (default 60)")
+    p.add_argument("--image-size", type=positive_int, default=64)
+
+
+@contextmanager
+def _first_ctrl_c_cancels(cancel):
+    """The first Ctrl+C asks the run to stop at the next step (its state is saved); a second one interrupts."""
+    def handler(signum, frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+        print("\npicsift: stopping after this step (Ctrl+C again to interrupt at once)", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def cmd_train(s) -> int:
+    from tqdm import tqdm
+
+    from engine.jobs import CancelToken
+    from engine.training.train import Trainer, TrainOptions
+
+    a = s.args
+    options = TrainOptions(data=a.data, out=a.out, mode=a.mode, model=a.model, init=a.init, image_size=a.image_size,
+                           split=a.split, dev_split=a.dev_split, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                           weight_decay=a.weight_decay, be_loss=a.be_loss, margin=a.margin,
+                           hard_negatives=a.hard_negatives, eval_every=a.eval_every, seed=a.seed,
+                           device=a.device, resume=a.resume)
+    cancel = CancelToken()
+    bar = None
+    last = None
+    with _first_ctrl_c_cancels(cancel):
+        for ev in Trainer(options, cancel).run():
+            last = ev
+            if ev.phase == "preparing":
+                if not a.quiet and ev.message:
+                    print(f"picsift train: {ev.message}", file=sys.stderr)
+                continue
+            if bar is None and not a.quiet:
+                bar = tqdm(total=ev.steps, initial=ev.step, unit="step", desc=f"Training {a.mode}", file=sys.stderr,
+                           dynamic_ncols=True)
+            if bar is not None:
+                bar.update(ev.step - bar.n)
+                post = {f"loss_{k}": f"{v:.4f}" for k, v in ev.losses.items()}
+                if ev.best is not None:
+                    post["best_dev"] = f"{ev.best:.3f}"
+                bar.set_postfix(post, refresh=False)
+                if ev.message:
+                    bar.write(f"picsift train: {ev.message}", file=sys.stderr)
+    if bar is not None:
+        bar.close()
+    summary = {"out": str(Path(a.out).expanduser().resolve()), "step": last.step, "steps": last.steps,
+               "best_dev_mean_recall": last.best, "stopped": last.phase == "cancelled"}
+    if a.json:
+        print(json.dumps(summary))
+    elif last.phase == "cancelled":
+        print(f"Stopped at step {last.step:,} of {last.steps:,}; run the same command with --resume to go on.")
+    else:
+        best = f"; best dev mean recall {last.best:.3f}" if last.best is not None else ""
+        print(f"Trained {a.mode} for {last.step:,} steps{best}. Checkpoint: {summary['out']} "
+              f"(use it with --model {summary['out']}).")
+    return 130 if last.phase == "cancelled" else 0
+
+
+def cmd_eval(s) -> int:
+    from tqdm import tqdm
+
+    from engine.models import DEFAULT_MODEL
+    from engine.training.evaluate import Evaluation, EvalOptions, markdown_table, write_reports
+
+    a = s.args
+    options = EvalOptions(data=a.data, model=a.model or DEFAULT_MODEL, ce_model=a.ce_model, split=a.split,
+                          modes=a.modes, ks=a.ks, distractors=a.distractors, ce_max_pairs=a.ce_max_pairs,
+                          device=a.device, precision=a.precision, max_images=a.max_images)
+    ev = Evaluation(options)
+    bar, phase, result = None, None, None
+    for p in ev.run():
+        if p.message and p.phase != "done" and not a.quiet:
+            print(f"picsift eval: {p.message}", file=sys.stderr)
+        if p.total and p.phase != phase and not a.quiet:
+            if bar is not None:
+                bar.close()
+            phase = p.phase
+            bar = tqdm(total=p.total, desc=f"Evaluating: {phase}", file=sys.stderr, dynamic_ncols=True)
+        if bar is not None and p.total:
+            bar.update(p.done - bar.n)
+        result = p.result or result
+    if bar is not None:
+        bar.close()
+    if a.out:
+        written = write_reports(ev, result, a.out)
+        if not a.quiet:
+            print("picsift eval: wrote " + ", ".join(str(w) for w in written), file=sys.stderr)
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['images']:,} photos ({result['distractors']:,} distractors), {result['queries']:,} caption "
+              f"queries; split {result['split'] or 'all'}; {result['precision']}")
+        print(markdown_table(result))
+    return 0
+
+
+def cmd_bench_data(s) -> int:
+    from tqdm import tqdm
+
+    from engine.training.shapes import generate_shapes
+
+    a = s.args
+    bar = None if a.quiet else tqdm(total=0, unit="image", desc="Drawing shapes", file=sys.stderr)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        summary = generate_shapes(a.out, seed=a.seed, train=a.train, dev_groups=a.dev_groups,
+                                  test_groups=a.test_groups, image_size=a.image_size, progress=progress)
+    except ValueError as exc:
+        from engine.errors import PicsiftError
+
+        raise PicsiftError(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if a.json:
+        print(json.dumps({"folder": str(summary.folder), "seed": summary.seed, "images": summary.counts,
+                          "captions": summary.captions, "twins": summary.twins}))
+    else:
+        counts = ", ".join(f"{v:,} {k}" for k, v in summary.counts.items())
+        print(f"Wrote the shapes set to {summary.folder}: {counts} images, {summary.captions:,} captions, "
+              f"{summary.twins:,} twin pairs (seed {summary.seed}).")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench-data": cmd_bench_data}
