@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.training.losses import info_nce, matching_loss, pick_negatives, triplet_max_violation
+from engine.training.losses import (info_nce, matching_loss, mine_hard_negatives, pick_negatives,
+                                    triplet_max_violation)
 from engine.training.recall import image_ranks, recall, recalls, rerank_top_k, text_ranks
 
 
@@ -76,25 +77,35 @@ def test_matching_loss_is_two_way_cross_entropy():
     assert matching_loss(logits, labels).item() == pytest.approx(-np.mean(np.log(p_match)), abs=1e-6)
 
 
-def test_negatives_never_come_from_the_same_photo_and_hard_ones_are_the_most_similar():
+def test_random_negatives_never_come_from_the_same_photo():
     ids = torch.tensor([0, 0, 1, 2, 3, 3])
     gen = torch.Generator().manual_seed(0)
-    for _ in range(20):
+    swapped_texts = 0
+    for _ in range(40):
         t_rows, i_rows = pick_negatives(ids, ids, gen)
         for b in range(len(ids)):
             swapped_text, swapped_image = t_rows[b] != b, i_rows[b] != b
             assert bool(swapped_text) != bool(swapped_image)  # exactly one side swapped
             assert ids[t_rows[b]] != ids[i_rows[b]]  # the pair is a real negative
-    sim = torch.zeros(6, 6)
-    sim[0, 4] = 0.9  # caption 0's most similar image of another photo
-    sim[1, 0] = 0.95  # same photo: never picked
-    sim[5, 0] = 0.8  # image 0's most similar caption of another photo
-    t_rows, i_rows = pick_negatives(ids, ids, torch.Generator().manual_seed(1), swap_text_probability=0.0,
-                                    similarity=sim, hard_probability=1.0)
-    assert int(i_rows[0]) == 4
-    t_rows, i_rows = pick_negatives(ids, ids, torch.Generator().manual_seed(1), swap_text_probability=1.0,
-                                    similarity=sim, hard_probability=1.0)
-    assert int(t_rows[0]) == 5
+            swapped_texts += int(swapped_text)
+    assert 0.35 < swapped_texts / 240 < 0.65  # caption or photo swapped with probability 0.5
+    # A batch of one photo has no negative: the pairs keep their own rows.
+    t_rows, i_rows = pick_negatives(torch.tensor([4, 4]), torch.tensor([4, 4]), gen)
+    assert t_rows.tolist() == [0, 1] and i_rows.tolist() == [0, 1]
+
+
+def test_hard_negatives_are_the_nearest_items_of_other_photos():
+    # Captions 0,1 of photo 0; caption 2 of photo 1; caption 3 of photo 2.
+    text = unit([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0, 1]])
+    image = unit([[1, 0, 0], [0.8, 0.6, 0], [0.1, 0.05, 1]])
+    caption_image = torch.tensor([0, 0, 1, 2])
+    images_for_caption, captions_for_image = mine_hard_negatives(text, image, caption_image, top=2)
+    # Caption 0's nearest photo is its own (masked): then photo 1 (0.8), then photo 2.
+    assert images_for_caption[0].tolist() == [1, 2]
+    assert images_for_caption[2].tolist() == [2, 0]  # caption 2 (photo 1): photo 2 (0.05) before photo 0 (0)
+    # Photo 1's nearest captions of other photos: caption 1 (0.86), then caption 0 (0.80).
+    assert captions_for_image[1].tolist() == [1, 0]
+    assert 0 not in captions_for_image[0].tolist() and 1 not in captions_for_image[0].tolist()
 
 
 # ----- recall at k -------------------------------------------------------------------------------
@@ -391,3 +402,25 @@ def test_training_and_eval_mistakes_are_one_sentence(tmp_path, capsys, tiny_mode
     with pytest.raises(SystemExit) as usage:
         _cli(capsys, "eval", str(tmp_path / "bad.csv"), "--modes", "be,li")
     assert usage.value.code == 2 and "be,li" in capsys.readouterr().err
+
+
+def test_hard_negative_training_resumes_exactly_too(shapes_set, tmp_path):
+    """The mined pool is part of the saved state: a run stopped between two minings goes on as the whole one."""
+    from engine.jobs import CancelToken
+    from engine.training.train import Trainer
+
+    whole = tmp_path / "whole"
+    list(Trainer(_options(shapes_set, whole, mode="ce", hard_negatives=1.0, steps=5)).run())
+    stopped = tmp_path / "stopped"
+    cancel = CancelToken()
+    for ev in Trainer(_options(shapes_set, stopped, mode="ce", hard_negatives=1.0, steps=5), cancel).run():
+        if ev.phase == "training" and ev.step == 3:
+            cancel.cancel()
+    assert _final_state(stopped)["hard_pool"] is not None
+    list(Trainer(_options(shapes_set, stopped, mode="ce", hard_negatives=1.0, steps=5, resume=True)).run())
+    ref, got = _final_state(whole), _final_state(stopped)
+    assert all(torch.equal(got["model"][k], v) for k, v in ref["model"].items())
+    # Hard negatives changed what the CE saw: the same run without them ends elsewhere.
+    plain = tmp_path / "plain"
+    list(Trainer(_options(shapes_set, plain, mode="ce", hard_negatives=0.0, steps=5)).run())
+    assert not all(torch.equal(_final_state(plain)["model"][k], v) for k, v in ref["model"].items())

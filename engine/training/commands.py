@@ -89,6 +89,15 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--test-groups", type=positive_int, default=60, help="test scenes, each with two twins (default 60)")
     p.add_argument("--image-size", type=positive_int, default=64)
 
+    p = sub.add_parser("recipe", parents=[common],
+                       help="the whole method here: shapes set, train BE, CE and Joint, evaluate, write the report")
+    p.add_argument("work", metavar="WORK", help="working folder (data, checkpoints, results); run again to go on")
+    p.add_argument("--flickr", metavar="DATA", help="also run real photos: a captions folder such as flickr8k-dev")
+    p.add_argument("--doc", metavar="MD", help="write the report there (e.g. docs/QUALITY.md) with its plots")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--steps", type=positive_int, default=2000, help="steps of each training run (default 2000)")
+    p.add_argument("--flickr-steps", type=positive_int, default=1000, help="steps on real photos (default 1000)")
+
 
 @contextmanager
 def _first_ctrl_c_cancels(cancel):
@@ -229,4 +238,65 @@ def cmd_bench_data(s) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench-data": cmd_bench_data}
+def cmd_recipe(s) -> int:
+    import shlex  # noqa: F401  (quoting the command written into the report)
+
+    from tqdm import tqdm
+
+    from engine.machine import describe_cpu, matmul_gflops
+    from engine.training.recipe import RecipeOptions, run_recipe, write_quality
+
+    a = s.args
+    work = Path(a.work).expanduser().resolve()
+    runs = [RecipeOptions(work=str(work / "shapes"), kind="shapes", seed=a.seed, steps=a.steps, device=a.device)]
+    if a.flickr:
+        runs.append(RecipeOptions(work=str(work / "flickr"), kind="flickr", data=a.flickr, seed=a.seed,
+                                  steps=a.flickr_steps, device=a.device))
+    reports, dirs = {}, {}
+    for o in runs:
+        bar, stage = None, None
+        for ev in run_recipe(o):
+            if ev.stage != stage:
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                stage = ev.stage
+                if not a.quiet:
+                    print(f"picsift recipe ({o.kind}): {stage}", file=sys.stderr)
+            if ev.steps and bar is None and not a.quiet:
+                bar = tqdm(total=ev.steps, desc=f"{o.kind}: {stage}", file=sys.stderr, dynamic_ncols=True)
+            if bar is not None and ev.steps:
+                bar.total = ev.steps
+                bar.update(ev.step - bar.n)
+                if ev.losses:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in ev.losses.items()}, refresh=False)
+        if bar is not None:
+            bar.close()
+        reports[o.kind] = json.loads((Path(o.work) / "recipe.json").read_text())
+        dirs[o.kind] = Path(o.work)
+    if a.doc:
+        machine = (f"{describe_cpu()}; matmul {matmul_gflops():.0f} GFLOP/s fp32 on the threads torch uses")
+        commands = ["picsift recipe " + " ".join(shlex.quote(x) for x in _argv_for_doc(a))]
+        doc = write_quality(reports, dirs, Path(a.doc), commands, machine)
+        print(f"Wrote {doc}.")
+    for kind, rep in reports.items():
+        print(f"{kind}: {rep['timings_s']['total'] / 60:.1f} min; results in {dirs[kind] / 'recipe.json'}")
+    return 0
+
+
+def _argv_for_doc(a) -> list[str]:
+    out = [a.work]
+    if a.flickr:
+        out += ["--flickr", a.flickr]
+    if a.doc:
+        out += ["--doc", a.doc]
+    if a.seed:
+        out += ["--seed", str(a.seed)]
+    if a.steps != 2000:
+        out += ["--steps", str(a.steps)]
+    if a.flickr_steps != 1000:
+        out += ["--flickr-steps", str(a.flickr_steps)]
+    return out
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench-data": cmd_bench_data, "recipe": cmd_recipe}

@@ -56,35 +56,37 @@ def matching_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def pick_negatives(text_ids: torch.Tensor, image_ids: torch.Tensor, generator: torch.Generator,
-                   swap_text_probability: float = 0.5, similarity: torch.Tensor | None = None,
-                   hard_probability: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One negative per positive pair b of a batch: (text row, image row) indices into the batch.
+                   swap_text_probability: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random negative per positive pair b of a batch: (text row, image row) indices into the batch.
 
     With probability swap_text_probability the caption is swapped (another photo's caption with image b),
-    otherwise the image (caption b with another photo's image). The other item is drawn at random among
-    the batch's items of other photos, or, with probability hard_probability and given the BE similarity
-    (B captions x B images), it is the most similar item of another photo (a hard negative).
-    Pairs whose batch holds no other photo keep their positive indices and should be dropped by the caller
-    (see the returned rows equal to b in both columns)."""
+    otherwise the image (caption b with another photo's image), drawn at random among the batch's items of
+    other photos. A pair whose batch holds no other photo keeps its own indices (the caller drops it)."""
     b = len(text_ids)
     other = ~same_image(text_ids, image_ids)  # (B, B): caption row x image column of different photos
     swap_text = torch.rand(b, generator=generator) < swap_text_probability
-    hard = torch.rand(b, generator=generator) < hard_probability if similarity is not None else torch.zeros(b, dtype=torch.bool)
     noise = torch.rand(b, b, generator=generator)
     t_rows = torch.arange(b)
     i_rows = torch.arange(b)
     for j in range(b):
-        if swap_text[j]:
-            candidates = other[:, j]  # captions of other photos, for image j
-            scores = similarity[:, j] if hard[j] else noise[:, j]
-        else:
-            candidates = other[j, :]  # images of other photos, for caption j
-            scores = similarity[j, :] if hard[j] else noise[j, :]
+        candidates = other[:, j] if swap_text[j] else other[j, :]
         if not bool(candidates.any()):
             continue
-        pick = int(scores.masked_fill(~candidates, float("-inf")).argmax())
+        pick = int((noise[:, j] if swap_text[j] else noise[j, :]).masked_fill(~candidates, -1.0).argmax())
         if swap_text[j]:
             t_rows[j] = pick
         else:
             i_rows[j] = pick
     return t_rows, i_rows
+
+
+def mine_hard_negatives(text: torch.Tensor, image: torch.Tensor, caption_image: torch.Tensor,
+                        top: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BE's nearest non-matching items over a whole training set: (for each caption, the `top` most similar
+    images of other photos; for each image, the `top` most similar captions of other photos), best first.
+    text (C, D) and image (I, D) are L2-normalised BE vectors; caption_image[c] is caption c's photo."""
+    sim = text @ image.T  # (C, I)
+    sim = sim.masked_fill(caption_image[:, None] == torch.arange(len(image))[None, :], float("-inf"))
+    images_for_caption = sim.topk(min(top, max(1, len(image) - 1)), dim=1).indices
+    captions_for_image = sim.T.topk(min(top, len(text)), dim=1).indices
+    return images_for_caption, captions_for_image

@@ -145,6 +145,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=o.learning_rate(), weight_decay=o.weight_decay, eps=1e-6)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1.0 - s / o.steps))
         self.step = 0
+        self.hard_pool = None  # (images for each caption, captions for each image): the BE's nearest negatives
         self.best: float | None = None
         self.history: list[dict] = []
         if o.resume:
@@ -177,11 +178,13 @@ class Trainer:
         return {"step": self.step, "best": self.best, "history": self.history,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "log_temperature": self.log_temperature.detach().cpu(),
+                "hard_pool": self.hard_pool,
                 "options": self._fingerprint()}
 
     def _fingerprint(self) -> dict:
         o = self.o
-        return {k: getattr(o, k) for k in ("mode", "steps", "batch_size", "seed", "be_loss", "split", "init")} | {
+        return {k: getattr(o, k) for k in ("mode", "steps", "batch_size", "seed", "be_loss", "split", "init",
+                                           "hard_negatives", "eval_every")} | {
             "data": str(Path(o.data).expanduser().resolve()), "captions": len(self.data.captions)}
 
     def _save_state(self) -> None:
@@ -207,6 +210,7 @@ class Trainer:
         with torch.no_grad():
             self.log_temperature.copy_(state["log_temperature"].to(self.device))
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.hard_pool = state.get("hard_pool")
 
     # ----- the data order: a function of (seed, step) ----------------------
     def batch(self, step: int) -> np.ndarray:
@@ -271,28 +275,49 @@ class Trainer:
         return triplet_max_violation(text, image, ids, ids, self.o.margin)
 
     def ce_loss(self, step: int):
+        """ITM loss on the batch's positives and one negative each: a random caption or photo of the batch
+        (caption swapped with probability 0.5), or with probability --hard-negatives one of the BE's 20 nearest
+        non-matching items over the whole training set (mined at each evaluation)."""
         import torch
 
         from engine.training.losses import matching_loss, pick_negatives
 
-        caps, imgs, unique, inverse = self._batch_tensors(step)
+        caps, imgs, _, _ = self._batch_tensors(step)
         gen = torch.Generator().manual_seed(self.o.seed * 1_000_003 + step)
+        t_rows, i_rows = pick_negatives(imgs, imgs, gen)
+        valid = (t_rows != torch.arange(len(caps))) | (i_rows != torch.arange(len(caps)))
+        neg_caps, neg_imgs = caps[t_rows].clone(), imgs[i_rows].clone()
+        if self.hard_pool is not None:
+            hard = torch.rand(len(caps), generator=gen) < self.o.hard_negatives
+            pick = torch.randint(self.hard_pool[0].shape[1], (len(caps),), generator=gen)
+            for j in torch.nonzero(hard & valid).flatten().tolist():
+                if t_rows[j] != j:  # the caption is the swapped side
+                    neg_caps[j] = self.hard_pool[1][imgs[j], pick[j] % self.hard_pool[1].shape[1]]
+                else:
+                    neg_imgs[j] = self.hard_pool[0][caps[j], pick[j]]
+        neg_caps, neg_imgs = neg_caps[valid], neg_imgs[valid]
+        text_rows = torch.cat([caps, neg_caps])
+        image_all = torch.cat([imgs, neg_imgs])
+        unique, inverse = torch.unique(image_all, return_inverse=True)
         with self._autocast():
             tokens = self.image_tokens(self.pixels[unique])
-            similarity = None
-            if self.o.hard_negatives > 0:
-                with torch.no_grad():
-                    similarity = (self.text_vectors(self.ids[caps], self.mask[caps])
-                                  @ self.image_vectors(tokens)[inverse].T).cpu()
-            t_rows, i_rows = pick_negatives(imgs, imgs, gen, similarity=similarity,
-                                            hard_probability=self.o.hard_negatives)
-            valid = (t_rows != torch.arange(len(caps))) | (i_rows != torch.arange(len(caps)))
-            t_rows, i_rows = t_rows[valid], i_rows[valid]
-            text_rows = torch.cat([caps, caps[t_rows]])
-            image_rows = torch.cat([inverse, inverse[i_rows]])
-            logits = self.itm_logits(self.ids[text_rows], self.mask[text_rows], tokens[image_rows.to(self.device)])
-        labels = torch.cat([torch.ones(len(caps)), torch.zeros(len(t_rows))]).to(self.device)
+            logits = self.itm_logits(self.ids[text_rows], self.mask[text_rows], tokens[inverse.to(self.device)])
+        labels = torch.cat([torch.ones(len(caps)), torch.zeros(len(neg_caps))]).to(self.device)
         return matching_loss(logits, labels)
+
+    def mine(self) -> None:
+        """Refresh the hard-negative pool from the current BE over the whole training set."""
+        import torch
+
+        from engine.training.losses import mine_hard_negatives
+
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            img = torch.cat([self.image_vectors(self.image_tokens(self.pixels[a:a + 128]))
+                             for a in range(0, len(self.pixels), 128)])
+            txt = torch.cat([self.text_vectors(self.ids[a:a + 512], self.mask[a:a + 512])
+                             for a in range(0, len(self.ids), 512)])
+        self.hard_pool = tuple(t.cpu() for t in mine_hard_negatives(txt.cpu(), img.cpu(), self.caption_image))
 
     def _optimise(self, loss) -> float:
         import torch
@@ -382,6 +407,8 @@ class Trainer:
                 yield TrainProgress("cancelled", self.step, o.steps, losses, best=self.best,
                                     message=f"stopped at step {self.step:,}; --resume continues from there")
                 return
+            if self.o.mode != "be" and self.o.hard_negatives > 0 and self.step % o.eval_every == 0:
+                self.mine()  # a pure function of the weights at this step: a resumed run mines the same pool
             losses = self.train_step(self.step)
             self.step += 1
             if not all(math.isfinite(v) for v in losses.values()):
@@ -411,6 +438,7 @@ class Trainer:
 
     def _write_log(self, started: float) -> None:
         log = {"options": {k: v for k, v in asdict(self.o).items()}, "step": self.step, "best_dev_mean": self.best,
+               "parameters": sum(p.numel() for p in self.model.parameters()),
                "train_images": len(self.data.images), "train_captions": len(self.data.captions),
                "dev_images": len(self.dev.images) if self.dev is not None else 0, "history": self.history}
         self.out.mkdir(parents=True, exist_ok=True)
