@@ -33,7 +33,7 @@ def _common(nested: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--model", metavar="ID_OR_DIR", default=default(None),
                    help="hub id or local checkpoint folder (default: the library's model, else "
                         "Salesforce/blip-itm-base-coco)")
-    g.add_argument("--ce-model", metavar="ID_OR_DIR", default=default(None),
+    g.add_argument("--ce-model", "--rerank-model", dest="ce_model", metavar="ID_OR_DIR", default=default(None),
                    help="rerank with the cross-encoder of another checkpoint (separately trained BE and CE); "
                         "default: the --model checkpoint's own")
     g.add_argument("--device", default=default("auto"), choices=["auto", "cuda", "mps", "cpu"], help="default: auto")
@@ -300,15 +300,20 @@ def cmd_index(s: Session) -> int:
     model = s.model
     _say(args, f"Library: {shown(str(s.library.folder))}\nModel: {shown(model.model_id)} on {model.describe_device()}")
     options = {"batch_size": args.batch_size} if args.batch_size else {}
-    bar = None
+    bar, bar_phase = None, None
     last = None
     try:
         for progress in index_folders(s.library, model, folders, **options):
             last = progress
             for m in progress.messages:
                 s.notice(m)
-            if progress.phase == "indexing" and progress.total and bar is None and not args.quiet and not args.json:
-                bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr)
+            if progress.phase in ("indexing", "caching") and progress.phase != bar_phase and progress.total \
+                    and not args.quiet and not args.json:
+                if bar is not None:
+                    bar.close()
+                bar_phase = progress.phase
+                bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr,
+                           desc="Reranker features" if bar_phase == "caching" else None)
             if bar is not None:
                 bar.update(progress.done - bar.n)
                 if progress.current:
@@ -389,7 +394,7 @@ def cmd_search(s: Session) -> int:
 
     args = s.args
     t0 = time.perf_counter()
-    if args.k > 0 and s._model is None and text_side_loads_alone(s.model_id, args.device):
+    if args.k > 0 and s._model is None and text_side_loads_alone(s.model_id):
         hits = _search_while_ce_loads(s)
     else:
         hits = Searcher(s.library, s.model).search(args.query, n=args.n, k=args.k, scope=args.scope)

@@ -31,7 +31,8 @@ from engine.token_cache import FORMATS, format_for
 
 @dataclass
 class IndexProgress:
-    phase: str  # "waiting" (for another writer), "scanning", "indexing", "finishing", "done" or "cancelled"
+    phase: str  # "waiting" (for another writer), "scanning", "indexing", "caching" (a new reranker's features of
+    # photos indexed before it), "finishing", "done" or "cancelled"
     done: int = 0  # files of this run's work handled so far
     total: int = 0  # files this run has to look at (new, changed or not yet indexed)
     current: str | None = None
@@ -261,6 +262,7 @@ class Indexer:
             # Vectors and cached features of content no photo has any more.
             store.sweep_vectors()
             lib.tokens.keep_only(store.all_hashes())
+            cancelled = yield from self._fill_rerank_cache(progress)
             done, readable = lib.coverage(self.key)
             if store.be_key != self.key and done == readable:
                 lib.activate(self.model)
@@ -269,6 +271,63 @@ class Indexer:
         progress.phase = "cancelled" if cancelled else "done"
         progress.messages += list(getattr(self.model, "notices", []))
         yield progress.snapshot()
+
+    def _fill_rerank_cache(self, progress: IndexProgress) -> Iterator[IndexProgress]:
+        """Photos indexed before the cascade's CE (a --rerank-model given to a library that has photos) get its
+        features now, as new photos get them while they are embedded, while the cache budget has room.
+        Returns whether the run was cancelled meanwhile."""
+        from engine.imaging import open_photo
+
+        ce = getattr(self.model, "ce", None)
+        lib, store = self.library, self.store
+        tokens = lib.tokens
+        if ce is None or tokens.budget_bytes <= 0:
+            return False
+        have = tokens.hashes(ce.key)
+        ids = sorted(store.photo_ids(self.key))
+        hashes = store.hashes(ids)
+        todo, seen = [], set(have)
+        for i in ids:
+            h = hashes.get(i)
+            if h and h not in seen:
+                seen.add(h)
+                todo.append(i)
+        count = tokens.count()
+        per_photo = tokens.size_bytes / count if count else 0
+        if not todo or tokens.size_bytes + per_photo > tokens.budget_bytes:
+            return False  # nothing missing, or no room: photos beyond the budget are encoded when reranked
+        paths = store.paths(todo)
+        progress.phase, progress.done, progress.total, progress.rate, progress.eta_s = "caching", 0, len(todo), 0.0, None
+        yield progress.snapshot()
+        start = time.monotonic()
+        for a in range(0, len(todo), self.batch_size):
+            if self.cancel.cancelled:
+                return True
+            chunk = todo[a:a + self.batch_size]
+            images, ok = [], []
+            for i in chunk:
+                try:
+                    images.append(open_photo(paths[i], self.model.image_size).image)
+                    ok.append(i)
+                except ImageError:
+                    continue  # changed or gone since indexing: the next rescan sees it
+            progress.done += len(chunk)
+            progress.current = paths[chunk[-1]]
+            elapsed = time.monotonic() - start
+            progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
+            progress.eta_s = (progress.total - progress.done) / progress.rate if progress.rate else None
+            if images:
+                feats = self.model.reranker_features(ce, images)
+                stored = tokens.put_many(ce.key, [(hashes[i], f) for i, f in zip(ok, feats)], self.token_format)
+                if stored < len(ok):
+                    progress.messages.append(f"The rerank cache is full: {tokens.count(ce.key):,} photos have the "
+                                             "reranker's features; the others are encoded when a query reranks them.")
+                    yield progress.snapshot()
+                    progress.messages = []
+                    return False
+            yield progress.snapshot()
+            progress.messages, progress.skipped_files = [], []
+        return False
 
     def _claim_moved(self, p: _Prepared) -> int | None:
         """The row of a vanished file with this content, if one is left and this path has no row: a move."""

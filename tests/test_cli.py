@@ -569,9 +569,13 @@ def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, 
 
     ce_dir = tmp_path / "ce"
     assert run(capsys, "make-random-model", ce_dir, "--seed", "4")[0] == 0
-    rc, out, err = run(capsys, "index", "--model", tiny_model_dir, "--ce-model", ce_dir, "--json")
+    rc, out, err = run(capsys, "index", "--model", tiny_model_dir, "--rerank-model", ce_dir, "--json")
     assert rc == 0, err
     assert json.loads(out)["embedded"] == 0  # the BE is unchanged: no photo is embedded again
+    # ...but the new CE's image tokens are computed at indexing time, as the library's own CE's were.
+    with Library(os.environ["PICSIFT_HOME"]) as lib:
+        sep_key = load_model(str(tiny_model_dir), device="cpu", ce_model=str(ce_dir)).ce.key
+        assert lib.tokens.count(sep_key) == 12
     rc, out, err = run(capsys, "search", "a dog on the beach", "-n", "5", "-k", "5", "--json")
     hits = json.loads(out)
     own = load_model(str(tiny_model_dir), device="cpu")
@@ -587,7 +591,7 @@ def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, 
     assert max(abs(got[p] - other_ce[p]) for p in got.keys() & other_ce.keys()) > 0.05  # not the BE's own CE
     rc, out, err = run(capsys, "status")
     assert f"Reranker:    {ce_dir}" in out
-    assert "Rerank cache: 5 of 12 photos cached" in out  # what the query reranked, under the new CE's key
+    assert "Rerank cache: 12 of 12 photos cached" in out  # under the new CE's key
 
 
 def test_reranked_search_embeds_the_query_while_the_ce_loads(indexed, tiny_model_dir, capsys, monkeypatch,

@@ -330,3 +330,35 @@ def test_a_library_without_a_model_yet_can_be_used_then_indexed(library, tiny_mo
     last, _ = run(library, tiny_model, [photo_folder])
     assert last.embedded == 12 and library.index.dim == tiny_model.dim
     consistent(library, all_photos(photo_folder))
+
+
+def test_a_new_reranker_gets_the_features_of_photos_indexed_before_it_while_the_budget_has_room(
+        library, tiny_model, tiny_model_dir, photo_folder, tmp_path):
+    from engine.models import load_model
+    from engine.models.random_blip import build_random_blip
+
+    list(index_folders(library, tiny_model, [str(photo_folder)]))
+    own = tiny_model.ce.key
+    assert library.tokens.count(own) == 12
+    per_photo = library.tokens.size_bytes / 12
+    library.tokens.set_budget(int(per_photo * 20.5))  # room for 8 more photos' features
+    other = build_random_blip(tmp_path / "other-ce", "tiny", seed=9)
+    sep = load_model(str(tiny_model_dir), device="cpu", precision="fp32", ce_model=str(other))
+    records = list(index_folders(library, sep, [str(photo_folder)]))
+    assert records[-1].embedded == 0  # the BE is the same: nothing embedded again
+    caching = [r for r in records if r.phase == "caching"]
+    assert caching and caching[0].total == 12
+    assert library.tokens.count(sep.ce.key) == 8 and library.tokens.count(own) == 12
+    assert any("rerank cache is full" in m for r in records for m in r.messages)
+    # The features are the new CE's own: a rerank from the cache matches one computed fresh.
+    from engine.imaging import open_photo
+
+    path = sorted(str(p) for p in photo_folder.rglob("*.png"))[0]
+    row = library.store.photo(path)
+    cached = library.tokens.get_many(sep.ce.key, [row.hash]).get(row.hash)
+    if cached is not None:
+        fresh = sep.reranker_features(sep.ce, [open_photo(path, sep.image_size).image])[0]
+        assert sep.ce.score("a dog", cached[None])[0] == pytest.approx(sep.ce.score("a dog", fresh[None])[0], abs=0.02)
+    # A later run finds no room and no work: it does not encode photos only to throw them away.
+    again = list(index_folders(library, sep, [str(photo_folder)]))
+    assert not [r for r in again if r.phase == "caching"]

@@ -262,8 +262,9 @@ def test_download_takes_bin_weights_only_where_there_are_no_safetensors(monkeypa
 
 
 def test_text_only_load_embeds_queries_as_the_full_model_does(tiny_model, tiny_model_dir):
-    """`search -k 0` loads only the BE's text side, in plain torch (no transformers): the same query vectors
-    as BlipForImageTextRetrieval's, batches with padding included; no vision encoder, no CE."""
+    """`search -k 0` loads only the BE's text side, in NumPy (no torch, no transformers): the same query vectors
+    as BlipForImageTextRetrieval's, batches with padding included; no vision encoder, no CE. The tiny model's
+    biases and LayerNorm parameters are random, so a dropped bias or a misplaced LayerNorm would show."""
     import sys
 
     text = load_model(str(tiny_model_dir), device="cpu", precision="fp32", text_only=True)
@@ -292,22 +293,24 @@ def test_search_without_rerank_loads_the_text_side_only(tiny_model_dir, tmp_path
     assert main(["index", str(photos), "--library", str(lib), "--model", str(tiny_model_dir), "-q"]) == 0
     capsys.readouterr()
     loads = []
-    real = registry.load_stages
-    monkeypatch.setattr(registry, "load_stages", lambda *a, **k: loads.append(k.get("text_only")) or real(*a, **k))
+    real, real_text = registry.load_stages, registry._load_text_side
+    monkeypatch.setattr(registry, "load_stages", lambda *a, **k: loads.append("whole") or real(*a, **k))
+    monkeypatch.setattr(registry, "_load_text_side", lambda *a, **k: loads.append("text") or real_text(*a, **k))
     assert main(["search", "a dog", "-k", "0", "--library", str(lib), "--json"]) == 0
     k0 = json.loads(capsys.readouterr().out)
+    assert loads == ["text"]
     assert main(["search", "a dog", "-k", "2", "--library", str(lib), "--json"]) == 0
     k2 = json.loads(capsys.readouterr().out)
-    assert loads == [True, False]
+    assert sorted(loads) == ["text", "text", "whole"]  # -k 2: the text side for the query, the whole for the CE
     assert [h["score"] for h in k0] == pytest.approx(sorted((h["score"] for h in k2), reverse=True), abs=1e-5)
     assert all(h["rerank_score"] is None for h in k0) and k2[0]["rerank_score"] is not None
     import subprocess
     import sys
 
     code = ("import sys; from engine.cli import main; rc = main(['search', 'a dog', '-k', '0', '--library', "
-            f"{str(lib)!r}, '--json']); print('transformers' in sys.modules, rc)")
+            f"{str(lib)!r}, '--json']); print('torch' in sys.modules, 'transformers' in sys.modules, rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
-    assert out.strip().splitlines()[-1] == "False 0"  # the terminal's search never imported transformers
+    assert out.strip().splitlines()[-1] == "False False 0"  # the terminal's search imported neither
 
 
 def test_loads_on_three_threads_at_once_all_succeed(tiny_model_dir):

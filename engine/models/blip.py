@@ -195,7 +195,9 @@ class BlipCrossEncoder:
             inputs = ckpt.text_inputs(texts)
 
         def run(a: int, b: int) -> list[np.ndarray]:
-            img = torch.as_tensor(features[a:b]).to(ckpt.device, ckpt.dtype)
+            part = features[a:b]
+            part = part if part.flags.writeable else part.copy()  # torch warns on read-only buffers (cache reads)
+            img = torch.as_tensor(part).to(ckpt.device, ckpt.dtype)
             with ckpt.image_side():
                 logits = itm_logits(ckpt.model, inputs["input_ids"][a:b].to(ckpt.device),
                                     inputs["attention_mask"][a:b].to(ckpt.device), img).float()
@@ -208,24 +210,13 @@ class BlipCrossEncoder:
 
 @register("blip")
 def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_only: bool = False) -> FamilyStages:
-    """BLIP retrieval checkpoints supply both stages on shared weights, from one vision pass. text_only: the
-    BE's text side alone (a search that does not rerank needs nothing else), without importing transformers,
-    when the checkpoint has model.safetensors and tokenizer.json; otherwise the whole model."""
+    """BLIP retrieval checkpoints supply both stages on shared weights, from one vision pass. A text-only load
+    reaches here only when the checkpoint cannot load its text side alone (registry.text_side_loads_alone,
+    engine.models.blip_text): then the whole model loads."""
     config = json.loads((Path(folder) / "config.json").read_text())
     archs = config.get("architectures") or [ARCHITECTURE]
     if ARCHITECTURE not in archs:
         raise ModelNotFoundError(name, f"a BLIP checkpoint of {', '.join(archs)}, not {ARCHITECTURE}", local=True)
-    if text_only and options.device == "cpu":
-        from engine.models import blip_text
-
-        if blip_text.can_load(folder):
-            try:
-                be = blip_text.LightTextEncoder(folder, f"blip:{identity}/be", name)
-            except (KeyError, ValueError, OSError) as exc:  # a checkpoint laid out otherwise
-                raise ModelNotFoundError(name, str(exc), local=True) from exc
-            vision = config.get("vision_config") or {}
-            return FamilyStages(be=be, rerankers=[], backbone=_NoVision(int(vision.get("image_size", 384))),
-                                describe=lambda: f"CPU, {torch.get_num_threads()} threads (text side only; fp32)")
     from transformers import AutoProcessor, BlipForImageTextRetrieval
     from transformers.utils import logging as hf_logging
 
@@ -243,17 +234,3 @@ def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_
     ckpt = BlipCheckpoint(model, processor, identity, name, options)
     return FamilyStages(be=BlipBiEncoder(ckpt), rerankers=[BlipCrossEncoder(ckpt)], backbone=ckpt,
                         describe=ckpt.describe_device)
-
-
-class _NoVision:
-    """The backbone of a text-only load: it embeds no photos."""
-
-    image_batch_size = 8
-
-    def __init__(self, image_size: int):
-        self.image_size = image_size
-
-    def preprocess(self, images):
-        raise RuntimeError("this model was loaded for text queries only")
-
-    encode_pixels = preprocess

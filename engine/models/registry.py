@@ -149,23 +149,19 @@ def load_cascade(model_id: str = DEFAULT_MODEL, ce_model: str | None = None, dev
     """The retrieval cascade of a checkpoint (or of a BE checkpoint and a separate CE one); raises
     ModelNotFoundError. text_only: only what embeds a text query (a search that does not rerank); the
     cascade then has no reranker and embeds no photos."""
-    from engine.models.cascade import Cascade
-    from engine.models.device import pick_device, resolve_precision
-
-    if text_only and text_side_loads_alone(model_id, device):
-        # Imports nothing of transformers, so it needs no lock: it can run while another thread loads the
-        # whole model (`picsift search -k K` embeds its query while the CE loads).
-        return _load_cascade(model_id, ce_model, device, precision, on_download, text_only)
+    if text_only and text_side_loads_alone(model_id):
+        # Imports neither torch nor transformers, so it needs no lock: it can run while another thread loads
+        # the whole model (`picsift search -k K` embeds its query while the CE loads).
+        return _load_text_side(model_id, precision)
     with _LOAD_LOCK:
         return _load_cascade(model_id, ce_model, device, precision, on_download, text_only)
 
 
-def text_side_loads_alone(model_id: str, device: str | None = "auto") -> bool:
-    """Whether a text-only load of this checkpoint reads only the BE's text side in plain torch (a BLIP
-    checkpoint on the CPU, cached, with model.safetensors and tokenizer.json), importing no transformers."""
-    from engine.models.device import pick_device
-
-    if pick_device(device)[0] != "cpu" or not is_cached(model_id):
+def text_side_loads_alone(model_id: str) -> bool:
+    """Whether a text-only load of this checkpoint reads only the BE's text side, in NumPy on the CPU (a
+    cached BLIP checkpoint with model.safetensors and tokenizer.json): no torch, no transformers. A query
+    vector computed on the CPU is the one a GPU would give, so this holds whatever device was asked for."""
+    if not is_cached(model_id):
         return False
     try:
         folder = resolve_folder(model_id)
@@ -176,6 +172,21 @@ def text_side_loads_alone(model_id: str, device: str | None = "auto") -> bool:
         return blip_text.can_load(folder)
     except (ModelNotFoundError, OSError, ValueError):
         return False
+
+
+def _load_text_side(model_id: str, precision: str | None):
+    from engine.models import blip_text
+    from engine.models.cascade import Cascade
+    from engine.models.identity import content_identity
+
+    folder = resolve_folder(model_id)
+    name = source_name(model_id)
+    try:
+        be, vision, described = blip_text.load_text_side(folder, content_identity(folder), name)
+    except (KeyError, ValueError, OSError) as exc:  # a checkpoint laid out otherwise
+        raise ModelNotFoundError(name, str(exc), local=True) from exc
+    return Cascade(be, vision, [], source=name, device="cpu", device_reason="text side only", precision="fp32",
+                   exact=(precision or "auto").lower() == "fp32", describe=lambda: described)
 
 
 def _load_cascade(model_id, ce_model, device, precision, on_download, text_only):
