@@ -158,7 +158,7 @@ def shapes_set(tmp_path_factory):
     from engine.training.shapes import generate_shapes
 
     folder = tmp_path_factory.mktemp("shapes") / "set"
-    generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=6, image_size=32, captions_per_image=2)
+    generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=12, image_size=32, captions_per_image=2)
     return folder
 
 
@@ -424,3 +424,49 @@ def test_hard_negative_training_resumes_exactly_too(shapes_set, tmp_path):
     plain = tmp_path / "plain"
     list(Trainer(_options(shapes_set, plain, mode="ce", hard_negatives=0.0, steps=5)).run())
     assert not all(torch.equal(_final_state(plain)["model"][k], v) for k, v in ref["model"].items())
+
+
+def test_a_short_training_on_a_generated_set_beats_chance(shapes_set, tmp_path):
+    """Train the BE briefly on the shapes set, then evaluate it through the product's path: the photo a caption
+    describes must rank far above where a chance ranking puts it."""
+    from engine.models import load_model
+    from engine.training.train import Trainer
+
+    out = tmp_path / "be"
+    list(Trainer(_options(shapes_set, out, mode="be", steps=150, batch_size=32, eval_every=150, lr=2e-3)).run())
+    ev, result = _evaluate(shapes_set, load_model(str(out), device="cpu", precision="fp32"), modes=["be"],
+                           latency_queries=1)
+    g = ev.gallery
+    n = len(g.images)
+    ranks = image_ranks(g.be, g.caption_image)
+    chance, spread = (n - 1) / 2, math.sqrt((n * n - 1) / 12 / len(ranks))  # mean and std of a random mean rank
+    assert ranks.mean() < chance - 4 * spread, (ranks.mean(), chance)
+    assert result["rows"][0]["ir@5"] > 5 / n + 0.15
+
+
+def test_the_report_states_each_claim_as_measured():
+    from engine.training.recipe import claims
+
+    def row(mode, k, ir1, ms, scoring="ce"):
+        return {"mode": mode, "k": k, "scoring": scoring if mode == "coop" else None, "ir@1": ir1, "ir@5": 0,
+                "ir@10": 0, "tr@1": 0, "tr@5": 0, "tr@10": 0, "ms_per_query": ms}
+
+    joint = {"rows": [row("be", None, 0.30, 2.0), row("ce", None, 0.40, 90.0)]
+             + [row("coop", k, r, m) for k, r, m in ((5, 0.35, 6.0), (20, 0.39, 15.0), (50, 0.40, 30.0))]}
+    sep = {"rows": [row("be", None, 0.30, 2.0), row("ce", None, 0.25, 90.0), row("coop", 20, 0.20, 15.0)]}
+    report = {"joint": joint, "sep": sep, "joint_hn": None,
+              "training": {"be": {"parameters": 10}, "ce": {"parameters": 10}, "joint": {"parameters": 10}}}
+    said = claims(report)
+    assert "CE beats BE at image-retrieval R@1 (Joint): 40.0 vs 30.0: holds." in said
+    assert "CE beats BE at image-retrieval R@1 (Sep): 25.0 vs 30.0: does not hold." in said
+    assert any(c.startswith("Joint+Coop k=20 within a few points of Joint+CE at IR R@1: 39.0 vs 40.0 (1.0 points "
+                            "behind): holds") for c in said)
+    assert any(c.startswith("Sep+Coop k=20 within a few points of Sep+CE at IR R@1: 20.0 vs 25.0 (5.0 points "
+                            "behind): does not hold") for c in said)
+    assert any("k = 5: 35.0 / 6.0, 20: 39.0 / 15.0, 50: 40.0 / 30.0): holds." in c for c in said)
+    # Recall falling with k while the CE ranks below the BE: said so, not "holds".
+    joint["rows"] = [row("be", None, 0.30, 2.0), row("ce", None, 0.20, 90.0)] + [
+        row("coop", k, r, m) for k, r, m in ((5, 0.28, 6.0), (20, 0.25, 15.0), (50, 0.21, 30.0))]
+    assert any(c.endswith("the latency grows with k but the recall does not, because the CE ranks below the BE "
+                          "here.") for c in claims(report))
+    assert any("one model's parameters: 10 against 20" in c for c in said)

@@ -61,7 +61,7 @@ class LightTextEncoder:
         self.heads = int(text["num_attention_heads"])
         self.eps = float(text["layer_norm_eps"])
         with safe_open(str(folder / "model.safetensors"), framework="np") as f:
-            self.w = {k: f.get_tensor(k).astype(np.float32) for k in f.keys()
+            self.w = {k: f.get_tensor(k).astype(np.float32, copy=False) for k in f.keys()
                       if (k.startswith("text_encoder.") and ".crossattention." not in k) or k.startswith("text_proj.")}
         self.layers = len({k.split(".")[3] for k in self.w if k.startswith("text_encoder.encoder.layer.")})
         self.dim = int(self.w["text_proj.weight"].shape[0])

@@ -95,7 +95,7 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--flickr", metavar="DATA", help="also run real photos: a captions folder such as flickr8k-dev")
     p.add_argument("--doc", metavar="MD", help="write the report there (e.g. docs/QUALITY.md) with its plots")
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--steps", type=positive_int, default=2000, help="steps of each training run (default 2000)")
+    p.add_argument("--steps", type=positive_int, default=1500, help="steps of each training run (default 1500)")
     p.add_argument("--flickr-steps", type=positive_int, default=1000, help="steps on real photos (default 1000)")
 
 
@@ -292,7 +292,7 @@ def _argv_for_doc(a) -> list[str]:
         out += ["--doc", a.doc]
     if a.seed:
         out += ["--seed", str(a.seed)]
-    if a.steps != 2000:
+    if a.steps != 1500:
         out += ["--steps", str(a.steps)]
     if a.flickr_steps != 1000:
         out += ["--flickr-steps", str(a.flickr_steps)]

@@ -145,6 +145,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=o.learning_rate(), weight_decay=o.weight_decay, eps=1e-6)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1.0 - s / o.steps))
         self.step = 0
+        self.seconds = 0.0  # training time over every segment of the run (resumed ones included)
         self.hard_pool = None  # (images for each caption, captions for each image): the BE's nearest negatives
         self.best: float | None = None
         self.history: list[dict] = []
@@ -175,7 +176,7 @@ class Trainer:
 
     # ----- state -------------------------------------------------------------
     def _state(self) -> dict:
-        return {"step": self.step, "best": self.best, "history": self.history,
+        return {"step": self.step, "best": self.best, "history": self.history, "seconds": self.seconds,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "log_temperature": self.log_temperature.detach().cpu(),
                 "hard_pool": self.hard_pool,
@@ -211,6 +212,7 @@ class Trainer:
             self.log_temperature.copy_(state["log_temperature"].to(self.device))
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.hard_pool = state.get("hard_pool")
+        self.seconds = float(state.get("seconds", 0.0))
 
     # ----- the data order: a function of (seed, step) ----------------------
     def batch(self, step: int) -> np.ndarray:
@@ -407,6 +409,7 @@ class Trainer:
                 yield TrainProgress("cancelled", self.step, o.steps, losses, best=self.best,
                                     message=f"stopped at step {self.step:,}; --resume continues from there")
                 return
+            t0 = time.perf_counter()
             if self.o.mode != "be" and self.o.hard_negatives > 0 and self.step % o.eval_every == 0:
                 self.mine()  # a pure function of the weights at this step: a resumed run mines the same pool
             losses = self.train_step(self.step)
@@ -419,6 +422,8 @@ class Trainer:
             if self.dev is not None and (self.step % o.eval_every == 0 or last):
                 yield TrainProgress("evaluating", self.step, o.steps, losses, best=self.best)
                 dev = self.dev_figures()
+                self.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
                 self.history[-1]["dev"] = {k: round(v, 4) for k, v in dev.items()}
                 if self.best is None or dev["mean"] > self.best:
                     self.best = dev["mean"]
@@ -430,6 +435,7 @@ class Trainer:
                     yield TrainProgress("evaluating", self.step, o.steps, losses, dev, self.best)
             elif self.dev is None and (self.step % every == 0 or last):
                 save_checkpoint(self.model, self.processor, self.out)
+            self.seconds += time.perf_counter() - t0
             if self.step % every == 0 or last:
                 self._save_state()
         self._write_log(started)
@@ -438,6 +444,7 @@ class Trainer:
 
     def _write_log(self, started: float) -> None:
         log = {"options": {k: v for k, v in asdict(self.o).items()}, "step": self.step, "best_dev_mean": self.best,
+               "seconds": round(self.seconds, 1),
                "parameters": sum(p.numel() for p in self.model.parameters()),
                "train_images": len(self.data.images), "train_captions": len(self.data.captions),
                "dev_images": len(self.dev.images) if self.dev is not None else 0, "history": self.history}
