@@ -306,6 +306,9 @@ def plot_recall_vs_k(results: dict[str, dict], path: str | Path) -> Path:
                     ax.axhline(r["ir@1"] * 100, color=line.get_color(), ls="--" if r["mode"] == "be" else ":",
                                lw=1, label=f"{name} {r['mode'].upper()} alone")
     ax.set_xscale("log")
+    ks = sorted({r["k"] for res in results.values() for r in res["rows"] if r["mode"] == "coop"})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
     ax.set_xlabel("k (photos the CE reranks)")
     ax.set_ylabel("image retrieval R@1 (%)")
     ax.legend(fontsize=7)
@@ -323,6 +326,8 @@ def plot_latency(sizes: Sequence[int], curves: dict[str, list[float]], path: str
         ax.plot(sizes[: len(ms)], ms, marker="o", label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(list(sizes), [f"{n:,}" for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("photos searched")
     ax.set_ylabel("ms per query")
     if note:
