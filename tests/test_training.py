@@ -4,6 +4,8 @@ and a short train-then-eval that must beat chance."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -470,3 +472,40 @@ def test_the_report_states_each_claim_as_measured():
     assert any(c.endswith("the latency grows with k but the recall does not, because the CE ranks below the BE "
                           "here.") for c in claims(report))
     assert any("one model's parameters: 10 against 20" in c for c in said)
+
+
+def test_a_training_process_killed_with_sigkill_resumes_from_its_last_checkpoint(shapes_set, tmp_path):
+    """`picsift train` killed -9 mid-run: `--resume` goes on from the last saved state and ends where an
+    uninterrupted run ends."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def argv(out, *extra):
+        return [sys.executable, "-m", "engine.cli", "train", str(shapes_set), "--mode", "joint", "--init", "tiny",
+                "--image-size", "32", "--steps", "40", "--batch-size", "8", "--eval-every", "5", "--be-loss",
+                "infonce", "--lr", "3e-4", "--seed", "5", "--out", str(out), "-q", *extra]
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(argv(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / ".picsift-train" / "state.pt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file() and torch.load(state, weights_only=False)["step"] >= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    stopped_at = torch.load(state, weights_only=False)["step"]
+    assert 10 <= stopped_at < 40 and stopped_at % 5 == 0
+    done = subprocess.run(argv(killed, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    whole = tmp_path / "whole"
+    done = subprocess.run(argv(whole), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    a, b = _final_state(killed), _final_state(whole)
+    assert a["step"] == b["step"] == 40
+    assert all(torch.equal(a["model"][k], v) for k, v in b["model"].items())
