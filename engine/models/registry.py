@@ -114,18 +114,22 @@ def resolve_folder(model_id: str, on_download=None) -> str:
         raise ModelNotFoundError(name, str(exc)) from exc
 
 
-def is_cached(model_id: str) -> bool:
-    """Whether a checkpoint can be loaded without the network (a folder, or in the hub cache)."""
+def cached_folder(model_id: str) -> str | None:
+    """The local folder of a checkpoint loadable without the network (a folder, or in the hub cache), else None."""
     name = source_name(model_id)
     if Path(name).exists():
-        return (Path(name) / "config.json").is_file()
+        return name if (Path(name) / "config.json").is_file() else None
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(name, local_files_only=True)
-        return True
+        return snapshot_download(name, local_files_only=True)
     except Exception:  # any failure means: not loadable offline
-        return False
+        return None
+
+
+def is_cached(model_id: str) -> bool:
+    """Whether a checkpoint can be loaded without the network (a folder, or in the hub cache)."""
+    return cached_folder(model_id) is not None
 
 
 def load_stages(model_id: str, options: LoadOptions, on_download=None, text_only: bool = False) -> FamilyStages:
@@ -161,10 +165,10 @@ def text_side_loads_alone(model_id: str) -> bool:
     """Whether a text-only load of this checkpoint reads only the BE's text side, in NumPy on the CPU (a
     cached BLIP checkpoint with model.safetensors and tokenizer.json): no torch, no transformers. A query
     vector computed on the CPU is the one a GPU would give, so this holds whatever device was asked for."""
-    if not is_cached(model_id):
+    folder = cached_folder(model_id)
+    if folder is None:
         return False
     try:
-        folder = resolve_folder(model_id)
         if model_type_of(folder) != "blip":
             return False
         from engine.models import blip_text
