@@ -178,7 +178,7 @@ def cmd_eval(s) -> int:
                           modes=a.modes, ks=a.ks, distractors=a.distractors, ce_max_pairs=a.ce_max_pairs,
                           device=a.device, precision=a.precision, max_images=a.max_images)
     ev = Evaluation(options)
-    bar, phase, result = None, None, None
+    bar, phase = None, None
     for p in ev.run():
         if p.message and p.phase != "done" and not a.quiet:
             print(f"picsift eval: {p.message}", file=sys.stderr)
@@ -189,9 +189,9 @@ def cmd_eval(s) -> int:
             bar = tqdm(total=p.total, desc=f"Evaluating: {phase}", file=sys.stderr, dynamic_ncols=True)
         if bar is not None and p.total:
             bar.update(p.done - bar.n)
-        result = p.result or result
     if bar is not None:
         bar.close()
+    result = ev.result
     if a.out:
         written = write_reports(ev, result, a.out)
         if not a.quiet:
@@ -239,7 +239,7 @@ def cmd_bench_data(s) -> int:
 
 
 def cmd_recipe(s) -> int:
-    import shlex  # noqa: F401  (quoting the command written into the report)
+    import shlex
 
     from tqdm import tqdm
 

@@ -95,6 +95,7 @@ class Evaluation:
         self.o = options
         self.model = model  # a loaded cascade (tests); loaded from options otherwise
         self.gallery: Gallery | None = None
+        self.result: dict | None = None  # the rows and their conditions, once run() is done
 
     # ----- scoring ------------------------------------------------------------------
     def run(self) -> Iterator[EvalProgress]:
@@ -144,6 +145,7 @@ class Evaluation:
                   "distractors": len(distractors), "split": split, "model": model.source,
                   "ce_model": model.ce_source, "precision": model.precision, "device": model.describe_device(),
                   "skipped": dict(data.skipped), "rows": rows}
+        self.result = result
         yield EvalProgress("done", message="done", result=result)
 
     def _open(self, paths: Sequence[Path]):

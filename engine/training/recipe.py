@@ -70,8 +70,6 @@ def _evaluate(o: RecipeOptions, data: Path, model: Path, ce_model: Path | None, 
                                 modes=modes, ks=o.ks, distractors=distractors, device=o.device,
                                 precision=o.precision, ce_max_pairs=2_000_000))
     for p in ev.run():
-        if p.result is not None:
-            ev.result = p.result
         yield RecipeEvent(stage, p.message or p.phase, p.done, p.total)
     return ev
 
