@@ -86,6 +86,10 @@ class IndexPanel(QWidget):
         self.bar.setRange(0, max(1, p.total))
         self.bar.setValue(p.done)
         self.bar.setFormat(f"{p.done} of {p.total}")
+        if p.phase == "late":
+            self.label.setText(f"Preparing the late-interaction tokens of photos indexed before them: {p.done} of "
+                               f"{p.total} · {format_eta(p.eta_s)}")
+            return
         if p.phase == "caching":
             self.label.setText(f"Preparing the reranker's features of photos indexed before it: {p.done} of {p.total} "
                                f"· {format_eta(p.eta_s)}")

@@ -509,6 +509,56 @@ def cli_search(library: str | os.PathLike, model, query: str, k: int, n: int = K
 
 
 # ----- the bench ------------------------------------------------------------------------
+LI_DEFAULT_SHAPE = (32, 128)  # tokens a photo and width of an LI head shrunk to 32 tokens (the default width)
+LI_QUERY_TOKENS = 12 + 32  # a short query's tokens plus 32 codes
+
+
+def late_figures(model, workdir: Path, cond: str, sizes: Sequence[int] = (200, 1000)) -> Iterator[Figure]:
+    """The LI stage's cost: reading N candidates' stored LI tokens from a library database, decoding the int8
+    and scoring MaxSim, at N = 200 and 1,000; with the model's LI head (its shape and its query tokens) when it
+    has one, else at the default shape with random tokens (the arithmetic does not depend on the weights)."""
+    from engine.models.late import bytes_per_photo, decode_many, encode_tokens, maxsim
+    from engine.store import Store
+
+    li = getattr(model, "li", None)
+    shape = li.feature_shape if li is not None else LI_DEFAULT_SHAPE
+    rng = np.random.default_rng(0)
+    if li is not None:
+        query = li.text_tokens(QUERIES[0])
+        text_ms = _ms(lambda: li.text_tokens(QUERIES[1]), repeat=5)
+        yield Figure("li_text_tokens_ms", round(text_ms, 1), "ms", f"one query's LI tokens (text encoder with the "
+                     f"head's codes, projection); {cond}")
+        what = f"the model's LI head: {shape[0]} tokens of width {shape[1]}, query of {len(query)} tokens"
+    else:
+        query = rng.normal(size=(LI_QUERY_TOKENS, shape[1])).astype(np.float32)
+        query /= np.linalg.norm(query, axis=1, keepdims=True)
+        what = (f"no LI head in this model: the default shape ({shape[0]} tokens of width {shape[1]}), random "
+                f"tokens, a query of {LI_QUERY_TOKENS} tokens")
+    n = max(sizes)
+    store = Store(workdir / "late-bench.db")
+    try:
+        toks = rng.normal(size=(n, *shape)).astype(np.float32)
+        toks /= np.linalg.norm(toks, axis=2, keepdims=True)
+        hashes = [f"h{i:06d}" for i in range(n)]
+        store.put_late_tokens("bench/li", zip(hashes, (encode_tokens(t) for t in toks)))
+        yield Figure("li_bytes_per_photo", bytes_per_photo(shape), "bytes",
+                     f"int8 LI tokens and a float32 scale per token, stored for every photo; {what}")
+        for size in sizes:
+            want = hashes[:size]
+
+            def stage() -> np.ndarray:
+                blobs = store.late_tokens("bench/li", want)
+                return maxsim(query, decode_many([blobs[h] for h in want], shape))
+
+            scores = stage()
+            _check(scores.shape == (size,) and bool(np.isfinite(scores).all()), "the LI stage scored nothing")
+            yield Figure(f"li_score_ms_{size}", round(_ms(stage, repeat=5), 2), "ms",
+                         f"LI over {size:,} candidates: read their tokens from the library database, decode, "
+                         f"MaxSim; {what}; NumPy, {cond}")
+    finally:
+        store.close()
+
+
 def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_000_000),
               workdir: str | None = None, curve: list | None = None, *, queries: int = 5,
               cache_budget_bytes: int = DEFAULT_BUDGET_BYTES, repeat_queries: int = 20, repeat_times: int = 3,
@@ -642,6 +692,19 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
         _check(probs.shape == (K,) and bool(np.isfinite(probs).all()), "the CE did not score the candidates")
         ce_ms = _ms(lambda: ce.score(QUERIES[1], stack), repeat=3)
         yield Figure(f"ce_score_ms_k{K}", round(ce_ms, 1), "ms", f"CE over {K} cached photos' tokens, no I/O; {cond}")
+        try:
+            from engine.models.blip_ce import pool_grid
+
+            pooled = pool_grid(stack, 2)
+        except ValueError:
+            pooled = None
+        if pooled is not None:
+            pooled_ms = _ms(lambda: ce.score(QUERIES[1], pooled), repeat=3)
+            yield Figure(f"ce_score_ms_k{K}_pooled2x2", round(pooled_ms, 1), "ms",
+                         f"the same CE reading {pooled.shape[1]} tokens (patch grid pooled 2x2) instead of "
+                         f"{stack.shape[1]}: the compute of a shrunk CE (no shrunk CE is trained yet); {cond}")
+
+        yield from late_figures(model, Path(tmp.name), cond)
 
         be_ckpt, ce_ckpt = _blip_checkpoint(model.be), _blip_checkpoint(ce)
         tokens_q = int(be_ckpt.text_inputs([QUERIES[1]])["input_ids"].shape[1])

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-n", type=positive_int, default=20, help="results to show (default 20)")
         p.add_argument("-k", type=non_negative_int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
         p.add_argument("--in", dest="scope", metavar="FOLDER", help="only photos under this folder")
+        p.add_argument("--li-candidates", type=non_negative_int, default=200, metavar="N",
+                       help="with a model that has a late-interaction (LI) head: the BE's top N that the LI stage "
+                            "orders before the CE reranks the top k (default 200; 0 = no LI stage)")
 
     p = sub.add_parser("captions", parents=[common], help="captions that describe a photo best")
     p.add_argument("image", help="a photo file, indexed or not")
@@ -198,10 +201,24 @@ class Session:
     @property
     def model(self):
         if self._model is None:
-            # A search that does not rerank needs only the BE's text side: load nothing else.
-            text_only = self.args.command == "search" and getattr(self.args, "k", None) == 0
+            # A search that does not rerank needs only the BE's text side: load nothing else (unless the
+            # library's model has an LI stage that orders the BE's candidates).
+            text_only = self.args.command == "search" and getattr(self.args, "k", None) == 0 \
+                and not self.uses_late()
             self._model = self.load_model(text_only)
         return self._model
+
+    def uses_late(self) -> bool:
+        """Whether this search runs an LI stage: the library's model has one and --li-candidates is not 0."""
+        if not getattr(self.args, "li_candidates", 0):
+            return False
+        if self.args.model:
+            from engine.models.late import has_head
+            from engine.models.registry import cached_folder
+
+            folder = cached_folder(self.args.model)
+            return folder is not None and has_head(folder)
+        return bool(self.library.li_key)
 
     def load_model(self, text_only: bool = False):
         from engine.models import load_model
@@ -307,13 +324,13 @@ def cmd_index(s: Session) -> int:
             last = progress
             for m in progress.messages:
                 s.notice(m)
-            if progress.phase in ("indexing", "caching") and progress.phase != bar_phase and progress.total \
+            if progress.phase in ("indexing", "late", "caching") and progress.phase != bar_phase and progress.total \
                     and not args.quiet and not args.json:
                 if bar is not None:
                     bar.close()
                 bar_phase = progress.phase
                 bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr,
-                           desc="Reranker features" if bar_phase == "caching" else None)
+                           desc={"caching": "Reranker features", "late": "LI tokens"}.get(bar_phase))
             if bar is not None:
                 bar.update(progress.done - bar.n)
                 if progress.current:
@@ -354,8 +371,9 @@ def _print_hits(s: Session, hits, kind: str) -> None:
             print("The library has no photos yet. Index a folder first: picsift index FOLDER")
         return
     for h in hits:
+        li = f"  li {h.li_score:+.3f}" if h.li_score is not None else ""
         rr = f"  ce {h.rerank_score:.3f}" if h.rerank_score is not None else ""
-        print(f"{h.rank:3d}. {h.score:+.3f}{rr}  {shown(h.path if h.path is not None else h.text)}")
+        print(f"{h.rank:3d}. {h.score:+.3f}{li}{rr}  {shown(h.path if h.path is not None else h.text)}")
 
 
 def _search_while_ce_loads(s: Session):
@@ -378,13 +396,14 @@ def _search_while_ce_loads(s: Session):
 
     thread = threading.Thread(target=load, name="picsift-load-ce", daemon=True)
     thread.start()
-    session = Searcher(library, s.load_model(text_only=True)).session(args.query, n=args.n, scope=args.scope)
+    session = Searcher(library, s.load_model(text_only=True), li_candidates=args.li_candidates).session(
+        args.query, n=args.n, scope=args.scope)
     session.retrieve(max(args.n, args.k))
     thread.join()
     if "error" in loaded:
         raise loaded["error"]
     s._model = loaded["model"]
-    session.searcher = Searcher(library, s._model)
+    session.searcher = Searcher(library, s._model, li_candidates=args.li_candidates)
     return _final_hits(session.stream(args.k))
 
 
@@ -397,10 +416,12 @@ def cmd_search(s: Session) -> int:
     if args.k > 0 and s._model is None and text_side_loads_alone(s.model_id):
         hits = _search_while_ce_loads(s)
     else:
-        hits = Searcher(s.library, s.model).search(args.query, n=args.n, k=args.k, scope=args.scope)
+        hits = Searcher(s.library, s.model, li_candidates=args.li_candidates).search(
+            args.query, n=args.n, k=args.k, scope=args.scope)
     if not args.json:
+        late = f"LI ordered the BE's top {args.li_candidates}, " if hits and hits[0].li_rank else ""
         _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
-                   f"(reranked top {min(args.k, len(hits))})")
+                   f"({late}reranked top {min(args.k, len(hits))})")
     _print_hits(s, hits, "photo")
     return EXIT_OK
 

@@ -31,8 +31,9 @@ from engine.token_cache import FORMATS, format_for
 
 @dataclass
 class IndexProgress:
-    phase: str  # "waiting" (for another writer), "scanning", "indexing", "caching" (a new reranker's features of
-    # photos indexed before it), "finishing", "done" or "cancelled"
+    phase: str  # "waiting" (for another writer), "scanning", "indexing", "late" (an LI head's tokens of photos
+    # indexed before it), "caching" (a new reranker's features of photos indexed before it), "finishing", "done"
+    # or "cancelled"
     done: int = 0  # files of this run's work handled so far
     total: int = 0  # files this run has to look at (new, changed or not yet indexed)
     current: str | None = None
@@ -262,7 +263,9 @@ class Indexer:
             # Vectors and cached features of content no photo has any more.
             store.sweep_vectors()
             lib.tokens.keep_only(store.all_hashes())
-            cancelled = yield from self._fill_rerank_cache(progress)
+            cancelled = yield from self._fill_late_tokens(progress)
+            if not cancelled:
+                cancelled = yield from self._fill_rerank_cache(progress)
             done, readable = lib.coverage(self.key)
             if store.be_key != self.key and done == readable:
                 lib.activate(self.model)
@@ -276,46 +279,19 @@ class Indexer:
         """Photos indexed before the cascade's CE (a --rerank-model given to a library that has photos) get its
         features now, as new photos get them while they are embedded, while the cache budget has room.
         Returns whether the run was cancelled meanwhile."""
-        from engine.imaging import open_photo
-
         ce = getattr(self.model, "ce", None)
         lib, store = self.library, self.store
         tokens = lib.tokens
         if ce is None or tokens.budget_bytes <= 0:
             return False
-        have = tokens.hashes(ce.key)
-        ids = sorted(store.photo_ids(self.key))
-        hashes = store.hashes(ids)
-        todo, seen = [], set(have)
-        for i in ids:
-            h = hashes.get(i)
-            if h and h not in seen:
-                seen.add(h)
-                todo.append(i)
+        todo, hashes = self._missing(tokens.hashes(ce.key))
         count = tokens.count()
         per_photo = tokens.size_bytes / count if count else 0
         if not todo or tokens.size_bytes + per_photo > tokens.budget_bytes:
             return False  # nothing missing, or no room: photos beyond the budget are encoded when reranked
-        paths = store.paths(todo)
-        progress.phase, progress.done, progress.total, progress.rate, progress.eta_s = "caching", 0, len(todo), 0.0, None
-        yield progress.snapshot()
-        start = time.monotonic()
-        for a in range(0, len(todo), self.batch_size):
+        for ok, images in self._photo_batches(todo, progress):
             if self.cancel.cancelled:
                 return True
-            chunk = todo[a:a + self.batch_size]
-            images, ok = [], []
-            for i in chunk:
-                try:
-                    images.append(open_photo(paths[i], self.model.image_size).image)
-                    ok.append(i)
-                except ImageError:
-                    continue  # changed or gone since indexing: the next rescan sees it
-            progress.done += len(chunk)
-            progress.current = paths[chunk[-1]]
-            elapsed = time.monotonic() - start
-            progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
-            progress.eta_s = (progress.total - progress.done) / progress.rate if progress.rate else None
             if images:
                 feats = self.model.reranker_features(ce, images)
                 stored = tokens.put_many(ce.key, [(hashes[i], f) for i, f in zip(ok, feats)], self.token_format)
@@ -328,6 +304,64 @@ class Indexer:
             yield progress.snapshot()
             progress.messages, progress.skipped_files = [], []
         return False
+
+    def _fill_late_tokens(self, progress: IndexProgress) -> Iterator[IndexProgress]:
+        """Photos indexed before the model had its LI head get their LI tokens now (every photo needs them:
+        the LI stage reads no photo that lacks them). Returns whether the run was cancelled meanwhile."""
+        from engine.models.late import encode_tokens
+
+        li = getattr(self.model, "li", None)
+        if li is None:
+            return False
+        store = self.store
+        todo, hashes = self._missing(store.late_hashes(li.key))
+        if not todo:
+            return False
+        for ok, images in self._photo_batches(todo, progress, phase="late"):
+            if self.cancel.cancelled:
+                return True
+            if images:
+                feats = self.model.late_tokens(images)
+                store.put_late_tokens(li.key, [(hashes[i], encode_tokens(f)) for i, f in zip(ok, feats)])
+            yield progress.snapshot()
+            progress.messages, progress.skipped_files = [], []
+        return False
+
+    def _missing(self, have: set[str]) -> tuple[list[int], dict[int, str]]:
+        """(one photo id per content hash not in `have`, the hashes of the indexed photos)."""
+        ids = sorted(self.store.photo_ids(self.key))
+        hashes = self.store.hashes(ids)
+        todo, seen = [], set(have)
+        for i in ids:
+            h = hashes.get(i)
+            if h and h not in seen:
+                seen.add(h)
+                todo.append(i)
+        return todo, hashes
+
+    def _photo_batches(self, todo: list[int], progress: IndexProgress, phase: str = "caching"):
+        """The photos of `todo` opened in batches of the model's size, (ids, images) per batch, with the
+        progress record advanced (a photo changed or gone since indexing is left for the next rescan)."""
+        from engine.imaging import open_photo
+
+        paths = self.store.paths(todo)
+        progress.phase, progress.done, progress.total, progress.rate, progress.eta_s = phase, 0, len(todo), 0.0, None
+        start = time.monotonic()
+        for a in range(0, len(todo), self.batch_size):
+            chunk = todo[a:a + self.batch_size]
+            images, ok = [], []
+            for i in chunk:
+                try:
+                    images.append(open_photo(paths[i], self.model.image_size).image)
+                    ok.append(i)
+                except ImageError:
+                    continue
+            progress.done += len(chunk)
+            progress.current = paths[chunk[-1]]
+            elapsed = time.monotonic() - start
+            progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
+            progress.eta_s = (progress.total - progress.done) / progress.rate if progress.rate else None
+            yield ok, images
 
     def _claim_moved(self, p: _Prepared) -> int | None:
         """The row of a vanished file with this content, if one is left and this path has no row: a move."""
@@ -398,7 +432,14 @@ class Indexer:
                 vi.add(np.asarray(new_ids, np.int64), np.stack(new_vecs))
         progress.embedded += len(to_embed)
         if encoding is not None:
+            li = getattr(self.model, "li", None)
             for stage_key, feats in encoding.features.items():
+                if li is not None and stage_key == li.key:  # LI tokens: every photo's, in the library itself
+                    from engine.models.late import encode_tokens
+
+                    store.put_late_tokens(stage_key, [(p.content_hash, encode_tokens(feats[i]))
+                                                      for i, p in enumerate(to_embed)])
+                    continue
                 lib.tokens.put_many(stage_key, ((p.content_hash, feats[i]) for i, p in enumerate(to_embed)),
                                     self.token_format)
 

@@ -94,6 +94,9 @@ class Library:
         self.store.register_model(cascade.be.key, "be", cascade.source, cascade.dim)
         for r in cascade.rerankers:
             self.store.register_model(r.key, "ce", r.name)
+        li = getattr(cascade, "li", None)
+        if li is not None:
+            self.store.register_model(li.key, "li", li.name, li.feature_shape[1])
         active = self.store.be_key
         if active is None:
             self.activate(cascade)
@@ -104,13 +107,21 @@ class Library:
                    "Nothing of one model is mixed with the other's.")
             self._notice(msg)
             return msg
-        if (cascade.ce.key if cascade.ce else None) != self.store.ce_key:
-            self.activate(cascade)  # same BE, another CE: search reranks with it from now on
+        if (cascade.ce.key if cascade.ce else None) != self.store.ce_key or (li.key if li else None) != self.li_key:
+            self.activate(cascade)  # same BE, another CE or LI head: search uses them from now on
         return None
 
     def activate(self, cascade) -> None:
-        self.store.set_active(cascade.be.key, cascade.ce.key if cascade.ce else None, cascade.source,
-                              cascade.ce_source)
+        li = getattr(cascade, "li", None)
+        with self.store.batch():
+            self.store.set_active(cascade.be.key, cascade.ce.key if cascade.ce else None, cascade.source,
+                                  cascade.ce_source)
+            self.store.set_meta("li_model", li.key if li is not None else None)
+
+    @property
+    def li_key(self) -> str | None:
+        """The LI stage serving search (its tokens are stored for every photo), None when there is none."""
+        return self.store.get_meta("li_model")
 
     def coverage(self, key: str) -> tuple[int, int]:
         """(photos with a vector of this BE, readable photos)."""
@@ -282,6 +293,13 @@ class Library:
         return len(ids)
 
     # ----- status --------------------------------------------------------
+    def _late_status(self) -> dict | None:
+        key = self.li_key
+        if not key:
+            return None
+        photos, size = self.store.late_bytes(key)
+        return {"key": key, "photos": photos, "bytes": size}
+
     def status(self) -> dict:
         errors = self.store.errors()
         readable = self.store.count_readable()
@@ -306,4 +324,5 @@ class Library:
             "read_only": self.read_only,
             "rerank_cache": {"photos": self.tokens.count(ce) if ce else 0, "bytes": self.tokens.size_bytes,
                              "budget_bytes": self.tokens.budget_bytes},
+            "late_interaction": self._late_status(),
         }

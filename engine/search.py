@@ -33,10 +33,19 @@ class Hit:
     text: str | None = None  # caption hits
     rank: int = 0  # 1-based position in the current order
     be_rank: int = 0  # 1-based position in the BE order
+    li_score: float | None = None  # LI (late interaction) score, when the model has an LI stage
+    li_rank: int = 0  # 1-based position in the LI order of the BE's candidates; 0 without an LI stage
+
+    @property
+    def first_rank(self) -> int:
+        """Its place before the CE: the LI order when there is one, else the BE order."""
+        return self.li_rank or self.be_rank
 
     def to_json(self) -> dict:
         out = {"rank": self.rank, "score": round(float(self.score), 6),
                "rerank_score": None if self.rerank_score is None else round(float(self.rerank_score), 6)}
+        if self.li_rank:
+            out["li_score"] = None if self.li_score is None else round(float(self.li_score), 6)
         if self.path is not None:
             out["path"] = self.path
         if self.text is not None:
@@ -53,9 +62,10 @@ class SearchUpdate:
 
 
 def order_hits(candidates: Sequence[Hit], k: int, probs: dict[int, float]) -> list[Hit]:
-    """The live order: CE-scored top-k candidates by probability, then the unscored top k, then the rest (BE)."""
+    """The live order: CE-scored top-k candidates by probability, then the unscored top k, then the rest (in
+    the order before the CE: LI's, else BE's)."""
     top, rest = list(candidates[:k]), list(candidates[k:])
-    scored = sorted((h for h in top if h.id in probs), key=lambda h: (-probs[h.id], h.be_rank))
+    scored = sorted((h for h in top if h.id in probs), key=lambda h: (-probs[h.id], h.first_rank))
     unscored = [h for h in top if h.id not in probs]
     ordered = scored + unscored + rest
     in_top = {h.id for h in top}
@@ -77,11 +87,12 @@ class Searcher:
     first_batch = 1  # the first CE score comes alone, so a window can start reordering at once
     ce_chunk = 4
 
-    def __init__(self, library: Library, model):
+    def __init__(self, library: Library, model, li_candidates: int = 200):
         library.check_model(model)
         self.library = library
         self.model = model
         self.key = model.be.key
+        self.li_candidates = li_candidates  # BE candidates the LI stage orders (0: no LI stage)
         self._captions: dict[str, tuple] = {}  # prepared collections: (ids, texts, BE vectors)
 
     # ----- text -> photos --------------------------------------------------
@@ -142,7 +153,7 @@ class Searcher:
                 probs: dict[int, float]) -> Iterator[SearchUpdate]:
         """Yield the current order, then one update per CE chunk until the top k are scored (the first chunk
         is one item). Scores already in `probs` are kept, not computed again."""
-        candidates = sorted(candidates, key=lambda h: h.be_rank)
+        candidates = sorted(candidates, key=lambda h: h.first_rank)
         k = max(0, min(k, len(candidates))) if self.model.ce is not None or probs else 0
         todo = [h for h in candidates[:k] if h.id not in probs]
         scored = k - len(todo)
@@ -180,6 +191,28 @@ class Searcher:
                                          format_for(self.model), evict=True)
             found.update(fresh)
         return found
+
+    # ----- the LI stage ------------------------------------------------------
+    @property
+    def late(self):
+        """The model's LI stage when this search uses it (an LI head, and candidates to order), else None."""
+        li = getattr(self.model, "li", None)
+        return li if li is not None and self.li_candidates > 0 else None
+
+    def late_order(self, query_tokens: np.ndarray, hits: Sequence[Hit]) -> list[Hit]:
+        """The BE's candidates in LI order, each with its li_score; photos without stored LI tokens (indexed
+        since the head was added, not yet filled in) follow in BE order."""
+        from engine.models.late import decode_many
+
+        li = self.late
+        hashes = self.library.store.hashes([h.id for h in hits])
+        blobs = self.library.store.late_tokens(li.key, hashes.values())
+        have = [h for h in hits if hashes.get(h.id) in blobs]
+        rest = [h for h in hits if hashes.get(h.id) not in blobs]
+        scores = li.score(query_tokens, decode_many([blobs[hashes[h.id]] for h in have], li.feature_shape))
+        order = sorted(range(len(have)), key=lambda j: (-scores[j], have[j].be_rank))
+        ordered = [replace(have[j], li_score=float(scores[j])) for j in order] + rest
+        return [replace(h, rank=i + 1, li_rank=i + 1) for i, h in enumerate(ordered)]
 
     # ----- photo -> photos and captions -------------------------------------
     def encode_photo(self, path: str) -> tuple[np.ndarray, np.ndarray | None, int | None]:
@@ -287,6 +320,7 @@ class SearchSession:
         self.candidates: list[Hit] = []
         self.probs: dict[int, float] = {}
         self._vector: np.ndarray | None = None
+        self._late_query: np.ndarray | None = None
         self._retrieved_n = -1
         self._exhausted = False  # the BE gave fewer than asked: there are no more photos in scope
         self._lock = threading.Lock()
@@ -294,11 +328,21 @@ class SearchSession:
     def retrieve(self, n: int) -> list[Hit]:
         """The BE candidates, at least n of them when the scope has that many (BE runs only when needed)."""
         with self._lock:
+            searcher = self.searcher
             if self._vector is None:
-                self._vector = self.searcher.model.embed_texts([self.query])
+                self._vector = searcher.model.embed_texts([self.query])
+            late = searcher.late
+            if late is not None and self._late_query is None:
+                self._late_query = late.text_tokens(self.query)
+                self._retrieved_n = -1  # a session that began on a text-only model: order its candidates now
             if n > self._retrieved_n and not (self._exhausted and self._retrieved_n >= 0):
-                self.candidates = self.searcher._photos_by_vector(self._vector, n, self.scope)
-                self._exhausted = len(self.candidates) < n
+                # BE top N for the LI stage to order, of which the first n are kept
+                want = max(n, searcher.li_candidates) if late is not None else n
+                hits = searcher._photos_by_vector(self._vector, want, self.scope)
+                self._exhausted = len(hits) < want
+                if late is not None:
+                    hits = searcher.late_order(self._late_query, hits)
+                self.candidates = hits[:n]
                 self._retrieved_n = n
             return self.candidates
 

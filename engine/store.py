@@ -188,6 +188,8 @@ class Store:
             raise LibraryError(
                 f"this library was written by a newer picsift (schema {version}); upgrade picsift to open it")
         if version == SCHEMA_VERSION:
+            if not self.read_only:
+                self._create_late_table()
             return
         if self.read_only:
             raise LibraryReadOnlyError(f"The library {self.path.parent} was written by an older picsift and must be "
@@ -197,6 +199,7 @@ class Store:
                 self._create_v1_tables()
             if version < 2:
                 self._upgrade_to_v2(fresh=version == 0)
+            self._create_late_table()
             self.set_meta("schema_version", str(SCHEMA_VERSION))
             if self.get_meta("generation") is None:
                 self.set_meta("generation", "0")
@@ -218,6 +221,14 @@ class Store:
         db["captions"].create({"id": int, "collection_id": int, "text": str, "embedding": bytes}, pk="id",
                               foreign_keys=[("collection_id", "collections", "id")], if_not_exists=True)
         db["captions"].create_index(["collection_id"], if_not_exists=True)
+
+    def _create_late_table(self) -> None:
+        """LI tokens (a few KB a photo, kept for every photo: no budget), keyed like vectors. Added to schema 2
+        without a version change: a picsift without LI stages never reads it, and a library opened read-only
+        without it simply has no LI tokens."""
+        self._exec("CREATE TABLE IF NOT EXISTS late_tokens (stage TEXT NOT NULL, hash TEXT NOT NULL, "
+                   "tokens BLOB NOT NULL)")
+        self._exec("CREATE UNIQUE INDEX IF NOT EXISTS late_tokens_key ON late_tokens(stage, hash)")
 
     def _upgrade_to_v2(self, fresh: bool) -> None:
         """Vectors move out of the photo and caption rows into tables keyed by model stage; a v1 library's
@@ -435,10 +446,47 @@ class Store:
         return from_blob(rows[0][0]) if rows else None
 
     def sweep_vectors(self) -> int:
-        """Drop vectors no photo has any more (their files were deleted); returns how many went."""
+        """Drop vectors (and LI tokens) no photo has any more (their files were deleted); returns how many
+        vectors went."""
         with self.batch():
             cur = self._exec("DELETE FROM vectors WHERE hash NOT IN (SELECT hash FROM photos WHERE hash IS NOT NULL)")
-            return cur.rowcount
+            gone = cur.rowcount
+            if self._has_late_table():
+                self._exec("DELETE FROM late_tokens WHERE hash NOT IN (SELECT hash FROM photos WHERE hash IS NOT NULL)")
+            return gone
+
+    # ----- LI tokens --------------------------------------------------------
+    def _has_late_table(self) -> bool:
+        return bool(self._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'late_tokens'"))
+
+    def put_late_tokens(self, stage: str, items: Iterable[tuple[str, bytes]]) -> None:
+        with self.batch():
+            self._many("INSERT OR REPLACE INTO late_tokens(stage, hash, tokens) VALUES (?, ?, ?)",
+                       [(stage, h, b) for h, b in items])
+
+    def late_tokens(self, stage: str, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The stored LI tokens (encoded, engine.models.late) of content hashes that have them."""
+        if not self._has_late_table():
+            return {}
+        out: dict[str, bytes] = {}
+        for chunk in _chunks([h for h in hashes if h], 500):
+            out.update(self._rows(
+                f"SELECT hash, tokens FROM late_tokens WHERE stage = ? AND hash IN ({','.join('?' * len(chunk))})",
+                (stage, *chunk)))
+        return out
+
+    def late_hashes(self, stage: str) -> set[str]:
+        if not self._has_late_table():
+            return set()
+        return {r[0] for r in self._rows("SELECT hash FROM late_tokens WHERE stage = ?", (stage,))}
+
+    def late_bytes(self, stage: str) -> tuple[int, int]:
+        """(photos, bytes) of one LI stage's stored tokens."""
+        if not self._has_late_table():
+            return 0, 0
+        n, size = self._rows("SELECT count(*), coalesce(sum(length(tokens)), 0) FROM late_tokens WHERE stage = ?",
+                             (stage,))[0]
+        return int(n), int(size)
 
     def paths(self, ids: Iterable[int]) -> dict[int, str]:
         return dict(self._by_ids("path", ids))

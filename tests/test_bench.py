@@ -241,3 +241,13 @@ def test_bench_imports_where_there_is_no_resource_module(tmp_path, monkeypatch):
     bench = importlib.import_module("engine.bench")
     monkeypatch.setattr(bench, "PROC_STATUS", tmp_path / "no-proc" / "status")
     assert bench._rss_mb() is None
+
+
+def test_bench_reports_the_li_stage_and_the_pooled_ce(bench_figures):
+    figures = bench_figures[0]
+    # the tiny model has no LI head: the default shape, 32 tokens of width 128 in int8 with a scale each
+    assert figures["li_bytes_per_photo"].value == 32 * 128 + 32 * 4
+    assert "no LI head" in figures["li_score_ms_200"].note
+    assert 0 < figures["li_score_ms_200"].value < figures["li_score_ms_1000"].value
+    # the tiny model's 4x4 patch grid pooled 2x2: 17 -> 5 tokens
+    assert "reading 5 tokens (patch grid pooled 2x2) instead of 17" in figures[f"ce_score_ms_k{K}_pooled2x2"].note

@@ -309,8 +309,15 @@ def test_the_be_row_ranks_as_picsift_search_does(captioned_photos, photo_folder,
 def test_eval_rows_follow_the_json_contract_and_coop_sits_between_be_and_ce(captioned_photos, tiny_model):
     ev, result = _evaluate(captioned_photos, tiny_model, ks=[2, 24], latency_queries=3)
     assert result["images"] == 12 and result["queries"] == 24
-    keys = {"mode", "k", "scoring", "ir@1", "ir@5", "ir@10", "tr@1", "tr@5", "tr@10", "ms_per_query"}
+    keys = {"mode", "k", "scoring", "ir@1", "ir@5", "ir@10", "tr@1", "tr@5", "tr@10", "ms_per_query",
+            "bytes_per_photo"}
     assert all(set(r) == keys for r in result["rows"])
+    assert result["li"] is None  # the tiny model has no LI head: no LI rows
+    tokens, width = tiny_model.ce.feature_shape
+    size = {m: r["bytes_per_photo"] for m, r in zip([r["mode"] for r in result["rows"]], result["rows"])}
+    assert size["be"] == 4 * tiny_model.dim
+    assert size["ce"] == tokens * width + 4 * (tokens + width)  # int8 tokens with a scale per token and channel
+    assert size["coop"] == size["be"] + size["ce"]
     modes = [(r["mode"], r["k"], r["scoring"]) for r in result["rows"]]
     assert modes == [("be", None, None), ("ce", None, None), ("coop", 2, "ce"), ("coop", 2, "ce+be"),
                      ("coop", 24, "ce"), ("coop", 24, "ce+be")]
@@ -401,8 +408,8 @@ def test_training_and_eval_mistakes_are_one_sentence(tmp_path, capsys, tiny_mode
     errors = [line for line in err.splitlines() if line.startswith("picsift: ")]
     assert rc == 1 and len(errors) == 1 and "No usable image-caption pairs" in errors[0]
     with pytest.raises(SystemExit) as usage:
-        _cli(capsys, "eval", str(tmp_path / "bad.csv"), "--modes", "be,li")
-    assert usage.value.code == 2 and "be,li" in capsys.readouterr().err
+        _cli(capsys, "eval", str(tmp_path / "bad.csv"), "--modes", "be,lx")
+    assert usage.value.code == 2 and "be,lx" in capsys.readouterr().err
 
 
 def test_hard_negative_training_resumes_exactly_too(shapes_set, tmp_path):

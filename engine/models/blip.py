@@ -52,6 +52,15 @@ class BlipCheckpoint:
         self.dim = int(cfg.image_text_hidden_size)
         self.be_key = f"blip:{identity}/be"
         self.ce_key = f"blip:{identity}/ce"
+        self.li_head = None  # an LI head saved beside the weights (attach_late)
+        self.li_key: str | None = None
+        self.li_shape: tuple[int, int] | None = None
+
+    def attach_late(self, head, digest: str) -> None:
+        """Use an LI head (engine.models.late_head) loaded from the checkpoint folder."""
+        self.li_head = head.to(self.device)
+        self.li_key = f"blip:{self.identity}/li-{digest}"
+        self.li_shape = (head.cfg.image_tokens(self.token_shape[0]), head.cfg.width)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,6 +112,8 @@ class BlipCheckpoint:
             log.warning(msg)
             self.notices.append(msg)
             self.model.float().to("cpu")
+            if self.li_head is not None:
+                self.li_head.float().to("cpu")
             self.device, self.device_reason, self.precision = "cpu", "fell back after GPU out-of-memory", "fp32"
 
     # ----- photos ----------------------------------------------------------
@@ -112,23 +123,42 @@ class BlipCheckpoint:
 
     @torch.inference_mode()
     def encode_pixels(self, pixel_values: torch.Tensor, want: Sequence[str] = ()) -> ImageEncoding:
-        """BE vectors, and the CE's image tokens when its key is in `want`."""
+        """BE vectors, the CE's image tokens when its key is in `want`, the LI tokens when the LI key is. An LI
+        head with image codes needs a second vision pass (the codes change every output); one without reads
+        the same pass's tokens."""
         keep_tokens = self.ce_key in want
+        keep_late = self.li_key is not None and self.li_key in want
 
         def run(a: int, b: int) -> list[np.ndarray]:
             px = pixel_values[a:b].to(self.device, self.dtype)
             with self.image_side():
                 tokens = vision_tokens(self.model.vision_model, px)
                 vec = F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
+                if keep_late:
+                    head = self.li_head
+                    li_in = tokens if head.image_codes is None else vision_tokens(self.model.vision_model, px,
+                                                                                  extra=head.image_codes)
+                    late = head.image_side(li_in)
             out = [vec.cpu().numpy().astype(np.float32)]
             if keep_tokens:
                 out.append(tokens.float().cpu().numpy())
+            if keep_late:
+                out.append(late.float().cpu().numpy())
             return out
 
         parts = self.batched(len(pixel_values), self.image_batch_size, run)
         if not parts:
-            parts = [np.zeros((0, self.dim), np.float32), np.zeros((0, *self.token_shape), np.float32)]
-        return ImageEncoding(vectors=parts[0], features={self.ce_key: parts[1]} if keep_tokens else {})
+            parts = [np.zeros((0, self.dim), np.float32)]
+            if keep_tokens:
+                parts.append(np.zeros((0, *self.token_shape), np.float32))
+            if keep_late:
+                parts.append(np.zeros((0, *self.li_shape), np.float32))
+        features = {}
+        if keep_tokens:
+            features[self.ce_key] = parts[1]
+        if keep_late:
+            features[self.li_key] = parts[-1]
+        return ImageEncoding(vectors=parts[0], features=features)
 
     # ----- texts -------------------------------------------------------------
     def text_inputs(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -208,6 +238,34 @@ class BlipCrossEncoder:
         return out
 
 
+class BlipLateInteraction:
+    """The LI stage: the checkpoint's encoders (with the head's codes appended) and the LI head."""
+
+    def __init__(self, ckpt: BlipCheckpoint):
+        self.ckpt = ckpt
+        self.key = ckpt.li_key
+        self.name = ckpt.name
+        self.feature_shape = ckpt.li_shape
+        self.config = ckpt.li_head.cfg
+
+    @torch.inference_mode()
+    def text_tokens(self, text: str) -> np.ndarray:
+        from engine.models.late_head import text_outputs
+
+        ckpt = self.ckpt
+        inputs = ckpt.text_inputs([text])
+        with ckpt.lock.shared():
+            hidden, mask = text_outputs(ckpt.model.text_encoder, inputs["input_ids"].to(ckpt.device),
+                                        inputs["attention_mask"].to(ckpt.device), ckpt.li_head.text_codes)
+            tokens, mask = ckpt.li_head.text_side(hidden, mask)
+        return tokens[0][mask[0].bool()].float().cpu().numpy()
+
+    def score(self, query_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
+        from engine.models.late import maxsim
+
+        return maxsim(query_tokens, photo_tokens)
+
+
 @register("blip")
 def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_only: bool = False) -> FamilyStages:
     """BLIP retrieval checkpoints supply both stages on shared weights, from one vision pass. A text-only load
@@ -232,5 +290,20 @@ def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_
         model.half()
     model.to(options.device)
     ckpt = BlipCheckpoint(model, processor, identity, name, options)
+    late = None
+    from engine.models import late as late_files
+
+    if late_files.has_head(folder):
+        from engine.models.late_head import load_head
+
+        try:
+            head = load_head(folder)
+        except Exception as exc:  # a damaged or mismatched head file
+            raise ModelNotFoundError(name, f"its LI head ({late_files.LI_WEIGHTS}) cannot be read: {exc}",
+                                     local=True) from exc
+        if options.precision == "fp16":
+            head.half()
+        ckpt.attach_late(head, late_files.head_digest(folder))
+        late = BlipLateInteraction(ckpt)
     return FamilyStages(be=BlipBiEncoder(ckpt), rerankers=[BlipCrossEncoder(ckpt)], backbone=ckpt,
-                        describe=ckpt.describe_device)
+                        describe=ckpt.describe_device, late=late)

@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 
 
-def vision_tokens(vision_model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """last_hidden_state of BlipVisionModel (B, 1 + patches, width), post-layernorm applied."""
+def vision_tokens(vision_model, pixel_values: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """last_hidden_state of BlipVisionModel (B, 1 + patches, width), post-layernorm applied. extra (K, width):
+    tokens appended to every photo's input after the embeddings (an LI head's codes), their outputs last."""
     hidden = vision_model.embeddings(pixel_values)
+    if extra is not None:
+        hidden = torch.cat([hidden, extra.to(hidden.dtype)[None].expand(hidden.shape[0], -1, -1)], dim=1)
     for layer in vision_model.encoder.layers:
         att = layer.self_attn
         b, n, width = hidden.shape

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from engine.models.stages import BiEncoder, ImageEncoding, Reranker, VisionBackbone
+from engine.models.stages import BiEncoder, ImageEncoding, LateInteraction, Reranker, VisionBackbone
 
 
 class Cascade:
@@ -16,9 +16,10 @@ class Cascade:
     that feed them. Built by `engine.models.registry.load_cascade`."""
 
     def __init__(self, be: BiEncoder, be_backbone: VisionBackbone, rerankers: Sequence[tuple[Reranker, VisionBackbone]],
-                 source: str, ce_source: str | None = None, device: str = "cpu", device_reason: str = "",
+                 source: str, late: LateInteraction | None = None, ce_source: str | None = None, device: str = "cpu", device_reason: str = "",
                  precision: str = "fp32", exact: bool = False, describe=None):
         self.be = be
+        self.li = late  # the LI stage between BE and CE, when the BE's checkpoint has an LI head
         self._be_backbone = be_backbone
         self._rerankers = list(rerankers)
         self.source = source  # what to load it from next time (hub id or folder)
@@ -68,6 +69,8 @@ class Cascade:
         """BE vectors, and (features=True) every reranker's features; rerankers sharing the BE's pass get
         theirs from it, others need the images for a pass of their own."""
         shared = [r.key for r, b in self._rerankers if b is self._be_backbone] if features else []
+        if self.li is not None:
+            shared.append(self.li.key)  # LI tokens are stored for every photo, whatever the rerank cache holds
         enc = self._be_backbone.encode_pixels(pixel_values, shared)
         if features:
             for r, b in self._rerankers:
@@ -80,9 +83,17 @@ class Cascade:
     def encode_images(self, images: Sequence[Image.Image]) -> ImageEncoding:
         images = list(images)
         if not images:
+            stages = self.rerankers + ([self.li] if self.li is not None else [])
             return ImageEncoding(np.zeros((0, self.dim), np.float32),
-                                 {r.key: np.zeros((0, *r.feature_shape), np.float32) for r in self.rerankers})
+                                 {r.key: np.zeros((0, *r.feature_shape), np.float32) for r in stages})
         return self.encode_pixels(self.preprocess(images), images)
+
+    def late_tokens(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The LI stage's tokens of photos (photos indexed before the LI head was added)."""
+        if self.li is None:
+            raise ValueError("this model has no LI head")
+        b = self._be_backbone
+        return b.encode_pixels(b.preprocess(list(images)), [self.li.key]).features[self.li.key]
 
     def reranker_features(self, reranker: Reranker, images: Sequence[Image.Image]) -> np.ndarray:
         """One reranker's features of photos (a rerank of photos not in the cache), nothing else computed."""

@@ -42,7 +42,12 @@ def _file_digest(path: Path, memo: dict) -> str:
 def content_identity(folder: str | os.PathLike) -> str:
     """Hex digest of a checkpoint folder's config and weights (file names and contents)."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == CONFIG_NAME or p.suffix in WEIGHT_SUFFIXES))
+    from engine.models.late import LI_FILES
+
+    # An LI head beside the weights is a stage of its own (its key names its own digest): adding one keeps
+    # the checkpoint's BE vectors and CE cache valid.
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in LI_FILES
+                   and (p.name == CONFIG_NAME or p.suffix in WEIGHT_SUFFIXES))
     if not any(p.name == CONFIG_NAME for p in files):
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
     with _memo_lock:

@@ -48,6 +48,7 @@ class FamilyStages:
     rerankers: list
     backbone: object  # the VisionBackbone that feeds them
     describe: Callable[[], str]
+    late: object | None = None  # a LateInteraction stage (an LI head), fed by the same backbone
 
 
 def register(model_type: str):
@@ -209,7 +210,8 @@ def _load_cascade(model_id, ce_model, device, precision, on_download, text_only)
         if not other.rerankers:
             raise ModelNotFoundError(source_name(ce_model), "this checkpoint has no cross-encoder", local=True)
         rerankers = [(r, other.backbone) for r in other.rerankers]
-    cascade = Cascade(main.be, main.backbone, rerankers, source=source_name(model_id),
+    cascade = Cascade(main.be, main.backbone, rerankers, late=None if text_only else main.late,
+                      source=source_name(model_id),
                       ce_source=source_name(ce_model) if ce_model else None, device=dev, device_reason=reason,
                       precision=prec, exact=(precision or "auto").lower() == "fp32", describe=main.describe)
     cascade.notices = options.notices  # fallbacks of any stage reach the same list

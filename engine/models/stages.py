@@ -51,6 +51,21 @@ class Reranker(Protocol):
         """The match log-odds of each pair (score = sigmoid(logits)): what evaluation adds to a BE cosine."""
 
 
+class LateInteraction(Protocol):
+    """The LI stage: a photo is a few small L2-normalised tokens (stored for every photo at indexing time),
+    a query its text's tokens; the score is MaxSim (engine.models.late)."""
+
+    key: str
+    name: str
+    feature_shape: tuple[int, int]  # (tokens, width) of one photo's LI tokens
+
+    def text_tokens(self, text: str) -> np.ndarray:
+        """(L, width) float32 L2-normalised tokens of one query."""
+
+    def score(self, query_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
+        """LI score of the query against each photo's tokens (n, M, width): (n,)."""
+
+
 class VisionBackbone(Protocol):
     """What a checkpoint runs on pixels; `encode_pixels` gives the BE vectors and the features of the
     rerankers that share this pass (BLIP: one pass for both)."""

@@ -47,8 +47,9 @@ def _modes(text: str) -> list[str]:
 def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> None:
     p = sub.add_parser("train", parents=[common], help="fine-tune a BE, a CE or both (joint) on image-caption data")
     p.add_argument("data", help="captions CSV/TSV, COCO or Karpathy JSON, or a folder with captions.csv and images/")
-    p.add_argument("--mode", choices=["be", "ce", "joint"], default="joint",
-                   help="be: the twin network; ce: the matching head; joint: both on shared weights (default)")
+    p.add_argument("--mode", choices=["be", "ce", "joint", "li"], default="joint",
+                   help="be: the twin network; ce: the matching head; joint: both on shared weights (default); "
+                        "li: a late-interaction head (inflate; with --shrink-from, distil)")
     p.add_argument("--out", required=True, metavar="FOLDER", help="where the checkpoint goes (a normal model folder)")
     p.add_argument("--init", choices=["tiny", "small"],
                    help="start from a fresh model of this size, its vocabulary from the data (instead of --model)")
@@ -68,11 +69,31 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--eval-every", type=positive_int, default=100, help="dev evaluation every N steps (default 100)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    li = p.add_argument_group("late interaction (--mode li)")
+    li.add_argument("--shrink-from", metavar="TEACHER",
+                    help="distil from a teacher: a checkpoint with an LI head, or any BLIP checkpoint (its CE); "
+                         "the student starts from the teacher's weights unless --model is given")
+    li.add_argument("--keep", type=positive_int, metavar="M", help="image tokens the head keeps a photo (default all)")
+    li.add_argument("--keep-text", type=positive_int, metavar="M", help="text tokens the head keeps (default all)")
+    li.add_argument("--codes", type=non_negative_int, default=32,
+                    help="learnable codes appended to each encoder's input when inflating (default 32)")
+    li.add_argument("--li-width", type=positive_int, default=128, help="the LI tokens' width (default 128)")
+    li.add_argument("--train-encoders", action="store_true",
+                    help="train the encoders too (changes the checkpoint's BE and CE; default: frozen, head only)")
+    li.add_argument("--teacher-scale", type=_positive_float,
+                    help="the teacher's score multiplier in the distillation softmax (default 16 for an LI "
+                         "teacher, 1 for a CE's logits)")
+    li.add_argument("--student-scale", type=_positive_float, default=16.0,
+                    help="the student's score multiplier (default 16)")
 
     p = sub.add_parser("eval", parents=[common], help="recall at 1/5/10 of the BE, the CE and Coop, with query latency")
     p.add_argument("data", help="captions CSV/TSV, COCO or Karpathy JSON, or a folder with captions.csv and images/")
     p.add_argument("--split", help="the split to evaluate (default: test, when the data has one; else all)")
-    p.add_argument("--modes", type=_modes, default=["be", "ce", "coop"], help="rows: be,ce,coop (default all)")
+    p.add_argument("--modes", type=_modes, default=None,
+                   help="rows: be,ce,coop,li,be-li,be-li-ce (default: be,ce,coop, and the LI rows when the model "
+                        "has an LI head)")
+    p.add_argument("--li-n", type=positive_int, default=200, metavar="N",
+                   help="BE candidates the LI stage orders in the be-li rows (default 200)")
     p.add_argument("--ks", type=parse_sizes, default=[5, 10, 20, 50], help="Coop depths (default 5,10,20,50)")
     p.add_argument("--distractors", metavar="FOLDER_OR_DATA", help="more photos to search (no more queries)")
     p.add_argument("--ce-max-pairs", type=positive_int, default=500_000,
@@ -123,19 +144,22 @@ def cmd_train(s) -> int:
     from tqdm import tqdm
 
     from engine.jobs import CancelToken
-    from engine.training.train import Trainer, TrainOptions
+    from engine.training.train import TrainOptions, make_trainer
 
     a = s.args
     options = TrainOptions(data=a.data, out=a.out, mode=a.mode, model=a.model, init=a.init, image_size=a.image_size,
                            split=a.split, dev_split=a.dev_split, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                            weight_decay=a.weight_decay, be_loss=a.be_loss, margin=a.margin,
                            hard_negatives=a.hard_negatives, eval_every=a.eval_every, seed=a.seed,
-                           device=a.device, resume=a.resume)
+                           device=a.device, resume=a.resume, shrink_from=a.shrink_from, keep=a.keep,
+                           keep_text=a.keep_text, codes=a.codes, li_width=a.li_width,
+                           train_encoders=a.train_encoders, teacher_scale=a.teacher_scale,
+                           student_scale=a.student_scale)
     cancel = CancelToken()
     bar = None
     last = None
     with _first_ctrl_c_cancels(cancel):
-        for ev in Trainer(options, cancel).run():
+        for ev in make_trainer(options, cancel).run():
             last = ev
             if ev.phase == "preparing":
                 if not a.quiet and ev.message:
@@ -175,7 +199,7 @@ def cmd_eval(s) -> int:
 
     a = s.args
     options = EvalOptions(data=a.data, model=a.model or DEFAULT_MODEL, ce_model=a.ce_model, split=a.split,
-                          modes=a.modes, ks=a.ks, distractors=a.distractors, ce_max_pairs=a.ce_max_pairs,
+                          modes=a.modes, ks=a.ks, li_n=a.li_n, distractors=a.distractors, ce_max_pairs=a.ce_max_pairs,
                           device=a.device, precision=a.precision, max_images=a.max_images)
     ev = Evaluation(options)
     bar, phase = None, None

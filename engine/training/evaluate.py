@@ -4,7 +4,10 @@ The photos and captions go through the same code path as the product (the cascad
 `picsift search` load), so the BE row is exactly what search ranks. Rows: the BE alone; the CE alone
 (every caption-photo pair cross-encoded); Coop at several k (the BE retrieves, the CE reranks its top k),
 scored by the CE alone (the method's) or by the CE logit plus the BE cosine (BLIP's). With one jointly
-trained model these are Joint+BE, Joint+CE and Joint+Coop; with a separate CE they are Sep rows.
+trained model these are Joint+BE, Joint+CE and Joint+Coop; with a separate CE they are Sep rows. A model
+with an LI head adds the late-interaction rows: LI alone (MaxSim over every photo), BE then LI (LI orders
+the BE's top N), and BE then LI then CE (the CE reranks the LI order's top k), the product's cascade. Every
+row states the bytes its stages store per photo.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import numpy as np
 from engine.errors import PicsiftError
 from engine.training.recall import KS, image_ranks, recall, recalls, rerank_top_k, text_ranks
 
-MODES = ("be", "ce", "coop")
+MODES = ("be", "ce", "coop", "li", "be-li", "be-li-ce")
+DEFAULT_MODES = ("be", "ce", "coop")  # and the LI rows when the model has an LI head
+LI_MODES = ("li", "be-li", "be-li-ce")
 COOP_KS = (5, 10, 20, 50)
 SCORINGS = ("ce", "ce+be")
 RECALL_KEYS = [f"{d}@{k}" for d in ("ir", "tr") for k in KS]
@@ -36,8 +41,9 @@ class EvalOptions:
     model: str
     ce_model: str | None = None
     split: str | None = None  # None: "test" when the data has it, else everything
-    modes: Sequence[str] = MODES
+    modes: Sequence[str] | None = None  # None: be, ce, coop, and the LI rows when the model has an LI head
     ks: Sequence[int] = COOP_KS
+    li_n: int = 200  # BE candidates the LI stage orders (be-li, be-li-ce)
     distractors: str | None = None  # a folder of photos or a dataset: more photos to search, no more queries
     ce_max_pairs: int = 500_000
     device: str = "auto"
@@ -66,6 +72,8 @@ class Gallery:
     features: np.ndarray | None
     be: np.ndarray = field(init=False)  # (captions, photos) cosines
     ce: np.ndarray | None = None  # (captions, photos) CE logits; NaN where not computed
+    late: np.ndarray | None = None  # (photos, M, width) LI tokens as the library stores them (int8, decoded)
+    li: np.ndarray | None = None  # (captions, photos) LI scores
 
     def __post_init__(self):
         self.be = self.text_vectors @ self.image_vectors.T
@@ -87,8 +95,8 @@ def _distractor_paths(source: str, exclude: set[Path]) -> list[Path]:
 
 class Evaluation:
     def __init__(self, options: EvalOptions, model=None):
-        bad = [m for m in options.modes if m not in MODES]
-        if bad or not options.modes:
+        bad = [m for m in (options.modes or DEFAULT_MODES) if m not in MODES]
+        if bad or (options.modes is not None and not options.modes):
             raise EvalError(f"--modes takes a comma-separated list of {', '.join(MODES)}; not {', '.join(bad)}.")
         if any(k < 1 for k in options.ks):
             raise EvalError("Every k of --ks must be at least 1.")
@@ -117,18 +125,28 @@ class Evaluation:
             yield EvalProgress("loading", message=f"loading {o.model}")
             self.model = load_model(o.model, device=o.device, precision=o.precision, ce_model=o.ce_model)
         model = self.model
-        want_ce = any(m in ("ce", "coop") for m in o.modes)
+        if o.modes is None:
+            self.modes = list(DEFAULT_MODES) + (list(LI_MODES) if model.li is not None else [])
+        else:
+            self.modes = list(o.modes)
+        want_ce = any(m in ("ce", "coop", "be-li-ce") for m in self.modes)
+        want_li = any(m in LI_MODES for m in self.modes)
         if want_ce and model.ce is None:
             raise EvalError(f"{o.model} has no cross-encoder: give --ce-model, or --modes be.")
+        if want_li and model.li is None:
+            raise EvalError(f"{o.model} has no late-interaction head: train one with 'picsift train --mode li', "
+                            "or leave li, be-li and be-li-ce out of --modes.")
         gallery_paths = paths + distractors
-        vectors, feats = [], []
+        vectors, feats, late = [], [], []
         for a in range(0, len(gallery_paths), 32):
             images = self._open(gallery_paths[a:a + 32])
-            enc = model.encode_images(images) if want_ce else model.encode_pixels(model.preprocess(images), images,
-                                                                                  features=False)
+            enc = model.encode_images(images) if want_ce or want_li else model.encode_pixels(
+                model.preprocess(images), images, features=False)
             vectors.append(enc.vectors)
             if want_ce:
                 feats.append(enc.features[model.ce.key])
+            if want_li:
+                late.append(_as_stored(enc.features[model.li.key]))
             yield EvalProgress("photos", min(a + 32, len(gallery_paths)), len(gallery_paths))
         texts = []
         for a in range(0, len(data.captions), 256):
@@ -137,13 +155,29 @@ class Evaluation:
         g = Gallery(gallery_paths, list(data.captions), list(data.caption_image), np.concatenate(vectors),
                     np.concatenate(texts), np.concatenate(feats) if feats else None)
         self.gallery = g
+        if want_li:
+            from engine.models.late import maxsim
+
+            g.late = np.concatenate(late)
+            self._li_queries = []
+            rows_li = []
+            for c, text in enumerate(g.captions):
+                q = model.li.text_tokens(text)
+                self._li_queries.append(q)
+                rows_li.append(maxsim(q, g.late))
+                if c % 64 == 63 or c == len(g.captions) - 1:
+                    yield EvalProgress("late", c + 1, len(g.captions))
+            g.li = np.stack(rows_li)
         if want_ce:
             yield from self._score_pairs(g)
         rows = self._rows(g)
+        self._add_bytes(g, rows)
         yield from self._latency(g, rows)
         result = {"images": len(g.images), "queries": len(g.captions), "photos_with_captions": len(paths),
                   "distractors": len(distractors), "split": split, "model": model.source,
                   "ce_model": model.ce_source, "precision": model.precision, "device": model.describe_device(),
+                  "li": None if model.li is None else {"tokens": model.li.feature_shape[0],
+                                                       "width": model.li.feature_shape[1], "n": o.li_n},
                   "skipped": dict(data.skipped), "rows": rows}
         self.result = result
         yield EvalProgress("done", message="done", result=result)
@@ -156,15 +190,22 @@ class Evaluation:
     def _needed_pairs(self, g: Gallery) -> np.ndarray:
         """(captions, photos) bool: the pairs the asked rows read."""
         need = np.zeros(g.be.shape, bool)
-        if "ce" in self.o.modes:
+        if "ce" in self.modes:
             need[:] = True
             return need
-        kmax = min(max(self.o.ks), g.be.shape[1])
-        top_images = np.argpartition(-g.be, kmax - 1, axis=1)[:, :kmax]
-        need[np.arange(len(need))[:, None], top_images] = True
-        kt = min(max(self.o.ks), g.be.shape[0])
-        top_texts = np.argpartition(-g.be.T, kt - 1, axis=1)[:, :kt]
-        need[top_texts, np.arange(g.be.shape[1])[:, None]] = True
+        firsts = []
+        if "coop" in self.modes:
+            firsts.append(g.be)
+        if "be-li-ce" in self.modes:
+            firsts.append(_first_stages(g.be, g.li, self.o.li_n))  # the LI order of the BE's top N
+        for first in firsts:
+            kmax = min(max(self.o.ks), first.shape[1])
+            top_images = np.argpartition(-first, kmax - 1, axis=1)[:, :kmax]
+            need[np.arange(len(need))[:, None], top_images] = True
+            first_t = first if first is g.be else _first_stages(g.be.T, g.li.T, self.o.li_n).T
+            kt = min(max(self.o.ks), first.shape[0])
+            top_texts = np.argpartition(-first_t.T, kt - 1, axis=1)[:, :kt]
+            need[top_texts, np.arange(g.be.shape[1])[:, None]] = True
         return need
 
     def estimate_ce_seconds(self, g: Gallery, pairs: int) -> float:
@@ -176,7 +217,7 @@ class Evaluation:
     def _score_pairs(self, g: Gallery) -> Iterator[EvalProgress]:
         need = self._needed_pairs(g)
         pairs = int(need.sum())
-        if "ce" in self.o.modes:
+        if "ce" in self.modes:
             seconds = self.estimate_ce_seconds(g, pairs)
             msg = (f"The CE alone cross-encodes {pairs:,} caption-photo pairs: about {_duration(seconds)} on "
                    f"this machine.")
@@ -197,15 +238,38 @@ class Evaluation:
     # ----- rows -------------------------------------------------------------------
     def _rows(self, g: Gallery) -> list[dict]:
         rows = []
-        if "be" in self.o.modes:
+        modes = self.modes
+        if "be" in modes:
             rows.append(_row("be", None, None, recalls(g.be, g.caption_image)))
-        if "ce" in self.o.modes:
+        if "li" in modes:
+            rows.append(_row("li", None, None, recalls(g.li, g.caption_image)))
+        if "be-li" in modes:
+            rows.append(_row("be-li", None, None, staged_recalls(g.be, [(g.li, self.o.li_n)], g.caption_image),
+                             n=self.o.li_n))
+        if "ce" in modes:
             rows.append(_row("ce", None, None, recalls(g.ce, g.caption_image)))
-        if "coop" in self.o.modes:
+        if "coop" in modes:
             for k in sorted(set(self.o.ks)):
                 for scoring in SCORINGS:
                     rows.append(_row("coop", k, scoring, coop_recalls(g.be, g.ce, g.caption_image, k, scoring)))
+        if "be-li-ce" in modes:
+            for k in sorted(set(self.o.ks)):
+                r = staged_recalls(g.be, [(g.li, self.o.li_n), (g.ce, k)], g.caption_image)
+                rows.append(_row("be-li-ce", k, "ce", r, n=self.o.li_n))
         return rows
+
+    def _add_bytes(self, g: Gallery, rows: list[dict]) -> None:
+        """What each row's stages keep per photo: the BE vector (float32), the LI tokens (int8 and a scale per
+        token), the CE's rerank cache entry (int8 tokens with their scales, picsift's default)."""
+        from engine.models.late import bytes_per_photo
+        from engine.token_cache import encode_tokens
+
+        be = int(g.image_vectors.shape[1]) * 4
+        li = bytes_per_photo(g.late.shape[1:]) if g.late is not None else 0
+        ce = len(encode_tokens(g.features[0], "int8")) if g.features is not None and len(g.features) else 0
+        per = {"be": be, "li": li, "be-li": be + li, "ce": ce, "coop": be + ce, "be-li-ce": be + li + ce}
+        for row in rows:
+            row["bytes_per_photo"] = per[row["mode"]]
 
     # ----- latency -----------------------------------------------------------------
     def query_ms(self, g: Gallery, mode: str, k: int | None, query: str, n_images: int | None = None) -> float:
@@ -215,6 +279,16 @@ class Evaluation:
         t = time.perf_counter()
         if mode == "ce":
             self.model.ce.logits(query, g.features[:n])
+        elif mode == "li":
+            self.model.li.score(self.model.li.text_tokens(query), g.late[:n])
+        elif mode in ("be-li", "be-li-ce"):
+            vec = self.model.embed_texts([query])
+            scores = (vec @ g.image_vectors[:n].T)[0]
+            top = np.argsort(-scores)[: self.o.li_n]
+            li = self.model.li.score(self.model.li.text_tokens(query), g.late[top])
+            order = top[np.argsort(-li, kind="stable")]
+            if mode == "be-li-ce":
+                self.model.ce.logits(query, g.features[order[:k]])
         else:
             vec = self.model.embed_texts([query])
             scores = (vec @ g.image_vectors[:n].T)[0]
@@ -248,6 +322,32 @@ class Evaluation:
         return {m: v for m, v in out.items() if v}
 
 
+def _as_stored(tokens: np.ndarray) -> np.ndarray:
+    """LI tokens as a library holds them: through int8 and back."""
+    from engine.models.late import decode_tokens, encode_tokens
+
+    return np.stack([decode_tokens(encode_tokens(t), t.shape) for t in tokens]) if len(tokens) else tokens
+
+
+def _first_stages(be: np.ndarray, li: np.ndarray, n: int) -> np.ndarray:
+    """Scores whose order is the LI order of each row's BE top n, then the rest in BE order."""
+    return rerank_top_k(be, li, n, "ce")
+
+
+def staged_recalls(be: np.ndarray, stages: Sequence[tuple[np.ndarray, int]], caption_image: Sequence[int]) -> dict:
+    """Recall of a cascade: the BE ranks, then each stage (scores, depth) reorders the previous order's top
+    depth by its own scores; per caption over photos (IR) and per photo over captions (TR)."""
+    ir_scores, tr_scores = be, be.T
+    for scores, depth in stages:
+        ir_scores = rerank_top_k(ir_scores, scores, depth, "ce")
+        tr_scores = rerank_top_k(tr_scores, scores.T, depth, "ce")
+    ir = recall(image_ranks(ir_scores, caption_image))
+    tr = recall(text_ranks(tr_scores.T, caption_image))
+    out = {f"ir@{kk}": v for kk, v in ir.items()}
+    out.update({f"tr@{kk}": v for kk, v in tr.items()})
+    return out
+
+
 def coop_recalls(be: np.ndarray, ce: np.ndarray, caption_image: Sequence[int], k: int, scoring: str) -> dict:
     """Recall when the CE reranks the BE's top k: per caption over photos (IR), per photo over captions (TR)."""
     ir = recall(image_ranks(rerank_top_k(be, ce, k, scoring), caption_image))
@@ -257,8 +357,10 @@ def coop_recalls(be: np.ndarray, ce: np.ndarray, caption_image: Sequence[int], k
     return out
 
 
-def _row(mode: str, k: int | None, scoring: str | None, r: dict) -> dict:
+def _row(mode: str, k: int | None, scoring: str | None, r: dict, n: int | None = None) -> dict:
     row = {"mode": mode, "k": k, "scoring": scoring}
+    if n is not None:
+        row["n"] = n
     row.update({key: round(r[key], 4) for key in RECALL_KEYS})
     return row
 
@@ -274,6 +376,12 @@ def _duration(seconds: float) -> str:
 # ----- reports ---------------------------------------------------------------------------------
 def row_name(row: dict, separate: bool) -> str:
     prefix = "Sep" if separate else "Joint"
+    if row["mode"] == "li":
+        return "LI"
+    if row["mode"] == "be-li":
+        return f"BE→LI (N={row['n']})"
+    if row["mode"] == "be-li-ce":
+        return f"BE→LI (N={row['n']})→CE k={row['k']}"
     if row["mode"] == "be":
         return f"{prefix}+BE" if separate is not None else "BE"
     if row["mode"] == "ce":
@@ -286,12 +394,14 @@ def markdown_table(result: dict, title: str | None = None) -> str:
     lines = []
     if title:
         lines += [f"**{title}**", ""]
-    lines += ["| rows | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | mean | ms/query |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| rows | IR@1 | IR@5 | IR@10 | TR@1 | TR@5 | TR@10 | mean | ms/query | bytes/photo |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in result["rows"]:
         vals = [row[k] * 100 for k in RECALL_KEYS]
+        size = row.get("bytes_per_photo")
         lines.append(f"| {row_name(row, separate)} | " + " | ".join(f"{v:.1f}" for v in vals)
-                     + f" | {statistics.mean(vals):.1f} | {row['ms_per_query']:.1f} |")
+                     + f" | {statistics.mean(vals):.1f} | {row['ms_per_query']:.1f} | "
+                     + (f"{size:,}" if size is not None else "–") + " |")
     return "\n".join(lines)
 
 

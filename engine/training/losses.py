@@ -90,3 +90,27 @@ def mine_hard_negatives(text: torch.Tensor, image: torch.Tensor, caption_image: 
     images_for_caption = sim.topk(min(top, max(1, len(image) - 1)), dim=1).indices
     captions_for_image = sim.T.topk(min(top, len(text)), dim=1).indices
     return images_for_caption, captions_for_image
+
+
+def score_matrix_nce(scores: torch.Tensor, text_ids: torch.Tensor, image_ids: torch.Tensor,
+                     log_temperature: torch.Tensor) -> torch.Tensor:
+    """InfoNCE (as `info_nce`) on a precomputed (T, I) score matrix: the LI stage's MaxSim scores."""
+    temp = log_temperature.exp().clamp(0.001, 0.5)
+    logits = scores / temp
+    positives = same_image(text_ids, image_ids).float()
+    t2i = -(F.log_softmax(logits, dim=1) * positives / positives.sum(1, keepdim=True)).sum(1).mean()
+    i2t = -(F.log_softmax(logits.T, dim=1) * positives.T / positives.T.sum(1, keepdim=True)).sum(1).mean()
+    return (t2i + i2t) / 2
+
+
+def distillation_loss(teacher: torch.Tensor, student: torch.Tensor, teacher_scale: float,
+                      student_scale: float) -> torch.Tensor:
+    """Inflate and Shrink's distillation: cross-entropy between softmax(teacher * teacher_scale) and
+    softmax(student * student_scale), over the rows (each caption's photos) and over the columns (each
+    photo's captions) of the in-batch (T, I) score matrices, each weighted 0.5. The teacher gets no
+    gradient."""
+    t = teacher.detach().float() * teacher_scale
+    s = student.float() * student_scale
+    rows = -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum(1).mean()
+    cols = -(F.softmax(t, dim=0) * F.log_softmax(s, dim=0)).sum(0).mean()
+    return 0.5 * rows + 0.5 * cols

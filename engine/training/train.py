@@ -22,7 +22,7 @@ import numpy as np
 from engine.errors import PicsiftError
 from engine.jobs import CancelToken
 
-MODES = ("be", "ce", "joint")
+MODES = ("be", "ce", "joint", "li")
 BE_LOSSES = ("triplet", "infonce")
 STATE_DIR = ".picsift-train"  # inside the output folder: the resumable state, not part of the checkpoint
 
@@ -56,10 +56,21 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    # --mode li (engine.training.late): inflate an LI head, or shrink one from a teacher
+    shrink_from: str | None = None  # teacher: a checkpoint with an LI head, or any BLIP checkpoint (its CE)
+    keep: int | None = None  # image tokens the LI head keeps (None: every output token)
+    keep_text: int | None = None
+    codes: int = 32  # learnable codes appended to each encoder's input when inflating
+    li_width: int = 128
+    train_encoders: bool = False  # LI runs keep the checkpoint's encoders (its BE and CE) unless asked
+    teacher_scale: float | None = None  # default 16 for an LI teacher's scores, 1 for a CE's logits
+    student_scale: float = 16.0
 
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.mode == "li" and not self.train_encoders and not self.init:
+            return 1e-3  # only the small head (and codes) train
         if self.init:
             return 5e-4
         return 2e-5 if self.mode == "be" else 5e-5
@@ -69,8 +80,18 @@ class TrainOptions:
             raise TrainingError(f"--mode must be one of {', '.join(MODES)}, not '{self.mode}'.")
         if self.be_loss not in BE_LOSSES:
             raise TrainingError(f"--be-loss must be one of {', '.join(BE_LOSSES)}, not '{self.be_loss}'.")
+        if self.mode != "li" and (self.shrink_from or self.keep):
+            raise TrainingError("--shrink-from and --keep belong to --mode li.")
+        if self.model is None and self.init is None and self.mode == "li" and self.shrink_from:
+            self.model = self.shrink_from  # the student starts from the teacher's weights
         if (self.model is None) == (self.init is None):
             raise TrainingError("Give either --model (a checkpoint to fine-tune) or --init small|tiny (a fresh model).")
+        for name in ("keep", "keep_text", "li_width"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be at least 1.")
+        if self.codes < 0:
+            raise TrainingError("--codes must not be negative.")
         for name in ("steps", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"--{name.replace('_', '-')} must be at least 1.")
@@ -139,9 +160,8 @@ class Trainer:
             self.dev_pixels = self._pixels(self.dev.images)
             self.dev_ids, self.dev_mask = self._tokens(self.dev.captions)
         self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(0.07), device=self.device))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if o.mode != "ce" and o.be_loss == "infonce":
-            params.append(self.log_temperature)
+        yield from self._prepare_stage()
+        params = self.trainable_parameters()
         self.optimizer = torch.optim.AdamW(params, lr=o.learning_rate(), weight_decay=o.weight_decay, eps=1e-6)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: max(0.0, 1.0 - s / o.steps))
         self.step = 0
@@ -156,6 +176,16 @@ class Trainer:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             self.amp = dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+
+    def _prepare_stage(self) -> Iterator[TrainProgress]:
+        """What a kind of run adds once the model and data are ready (the LI runs: head, teacher, caches)."""
+        return iter(())
+
+    def trainable_parameters(self) -> list:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.o.mode != "ce" and self.o.be_loss == "infonce":
+            params.append(self.log_temperature)
+        return params
 
     def _pixels(self, paths):
         import torch
@@ -179,13 +209,20 @@ class Trainer:
         return {"step": self.step, "best": self.best, "history": self.history, "seconds": self.seconds,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "log_temperature": self.log_temperature.detach().cpu(),
-                "hard_pool": self.hard_pool,
+                "hard_pool": self.hard_pool, "extra": self._extra_state(),
                 "options": self._fingerprint()}
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        pass
 
     def _fingerprint(self) -> dict:
         o = self.o
         return {k: getattr(o, k) for k in ("mode", "steps", "batch_size", "seed", "be_loss", "split", "init",
-                                           "hard_negatives", "eval_every")} | {
+                                           "hard_negatives", "eval_every", "shrink_from", "keep", "keep_text",
+                                           "codes", "li_width", "train_encoders")} | {
             "data": str(Path(o.data).expanduser().resolve()), "captions": len(self.data.captions)}
 
     def _save_state(self) -> None:
@@ -212,6 +249,7 @@ class Trainer:
             self.log_temperature.copy_(state["log_temperature"].to(self.device))
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.hard_pool = state.get("hard_pool")
+        self._load_extra_state(state.get("extra") or {})
         self.seconds = float(state.get("seconds", 0.0))
 
     # ----- the data order: a function of (seed, step) ----------------------
@@ -389,9 +427,12 @@ class Trainer:
         return scores
 
     # ----- the run ----------------------------------------------------------------
-    def run(self) -> Iterator[TrainProgress]:
+    def save_checkpoint(self) -> None:
         from engine.training.fresh import save_checkpoint
 
+        save_checkpoint(self.model, self.processor, self.out)
+
+    def run(self) -> Iterator[TrainProgress]:
         yield from self._prepare()
         o = self.o
         every = o.checkpoint_every or o.eval_every
@@ -427,14 +468,14 @@ class Trainer:
                 self.history[-1]["dev"] = {k: round(v, 4) for k, v in dev.items()}
                 if self.best is None or dev["mean"] > self.best:
                     self.best = dev["mean"]
-                    save_checkpoint(self.model, self.processor, self.out)
+                    self.save_checkpoint()
                     self._write_log(started)
                     yield TrainProgress("saved", self.step, o.steps, losses, dev, self.best,
                                         message=f"best dev mean recall {dev['mean']:.3f} at step {self.step:,}")
                 else:
                     yield TrainProgress("evaluating", self.step, o.steps, losses, dev, self.best)
             elif self.dev is None and (self.step % every == 0 or last):
-                save_checkpoint(self.model, self.processor, self.out)
+                self.save_checkpoint()
             self.seconds += time.perf_counter() - t0
             if self.step % every == 0 or last:
                 self._save_state()
@@ -446,7 +487,17 @@ class Trainer:
         log = {"options": {k: v for k, v in asdict(self.o).items()}, "step": self.step, "best_dev_mean": self.best,
                "seconds": round(self.seconds, 1),
                "parameters": sum(p.numel() for p in self.model.parameters()),
+               "trained_parameters": sum(p.numel() for g in self.optimizer.param_groups for p in g["params"]),
                "train_images": len(self.data.images), "train_captions": len(self.data.captions),
                "dev_images": len(self.dev.images) if self.dev is not None else 0, "history": self.history}
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "training.json").write_text(json.dumps(log, indent=1))
+
+
+def make_trainer(options: TrainOptions, cancel: CancelToken | None = None) -> Trainer:
+    """The trainer of a run's mode: `Trainer` for be/ce/joint, `LateTrainer` for li."""
+    if options.mode == "li":
+        from engine.training.late import LateTrainer
+
+        return LateTrainer(options, cancel)
+    return Trainer(options, cancel)
