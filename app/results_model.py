@@ -12,11 +12,13 @@ HitRole = Qt.ItemDataRole.UserRole + 1
 
 def hit_tooltip(hit) -> str:
     lines = [os.path.basename(hit.path or ""), f"BE score: {hit.score:.3f}"]
+    if getattr(hit, "li_score", None) is not None:
+        lines.append(f"LI score: {hit.li_score:.3f} (BE rank {hit.be_rank}, LI rank {hit.li_rank})")
     if hit.rerank_score is None:
         lines.append("CE probability: not reranked")
     else:
         lines.append(f"CE probability: {hit.rerank_score:.3f}")
-        moved = hit.be_rank - hit.rank
+        moved = hit.first_rank - hit.rank
         lines.append("Rerank: stayed in place" if moved == 0 else
                      f"Rerank: moved {'up' if moved > 0 else 'down'} {abs(moved)} place{'s' if abs(moved) != 1 else ''}")
     return "\n".join(lines)

@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=["tiny", "base"],
                    help="tiny: a few MB, fast; base: the real architecture (about 900 MB)")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--li-keep", type=positive_int, metavar="M",
+                   help="also a random late-interaction head keeping M image tokens (width 128, no codes)")
 
     from engine.training.commands import add_parsers
 
@@ -519,8 +521,19 @@ def cmd_make_random_model(s: Session) -> int:
     from engine.models.random_blip import build_random_blip
 
     path = build_random_blip(s.args.folder, s.args.preset, seed=s.args.seed)
+    if s.args.li_keep:
+        import torch
+        from transformers import BlipConfig
+
+        from engine.models.late_head import head_for, save_head
+
+        class _Sized:  # head_for reads only the widths from the config
+            config = BlipConfig.from_pretrained(path)
+
+        torch.manual_seed(s.args.seed)
+        save_head(head_for(_Sized, keep_image=s.args.li_keep), path)
     if s.args.json:
-        print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed}))
+        print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed, "li_keep": s.args.li_keep}))
         return EXIT_OK
     print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {shown(str(path))}. Its "
           "rankings are meaningless; use it to try picsift without a download: --model " + shown(str(path)))

@@ -370,3 +370,13 @@ def test_pooling_the_patch_grid_2x2_keeps_cls_and_averages_each_block():
     assert np.allclose(p[:, 4], grid[:, 2:, 2:].mean(axis=(1, 2)))
     with pytest.raises(ValueError):
         pool_grid(t[:, :16], 2)
+
+
+def test_make_random_model_can_add_a_random_li_head(tmp_path, capsys, _isolated_home):
+    from engine.cli import main
+    from engine.models import load_model
+
+    assert main(["make-random-model", str(tmp_path / "m"), "--li-keep", "4", "-q"]) == 0
+    model = load_model(str(tmp_path / "m"), device="cpu", precision="fp32")
+    assert model.li is not None and model.li.feature_shape == (4, 128)
+    assert model.li.config.image_codes == 0  # reads the vision pass the BE and CE use
