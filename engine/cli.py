@@ -527,11 +527,8 @@ def cmd_make_random_model(s: Session) -> int:
 
         from engine.models.late_head import head_for, save_head
 
-        class _Sized:  # head_for reads only the widths from the config
-            config = BlipConfig.from_pretrained(path)
-
         torch.manual_seed(s.args.seed)
-        save_head(head_for(_Sized, keep_image=s.args.li_keep), path)
+        save_head(head_for(BlipConfig.from_pretrained(path), keep_image=s.args.li_keep), path)
     if s.args.json:
         print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed, "li_keep": s.args.li_keep}))
         return EXIT_OK

@@ -127,7 +127,7 @@ def late_model_dir(tmp_path_factory, tiny_model_dir):
     shutil.copytree(tiny_model_dir, folder)
     model = BlipForImageTextRetrieval.from_pretrained(folder)
     torch.manual_seed(11)
-    save_head(head_for(model, width=16, codes=4, keep_image=3), folder)
+    save_head(head_for(model.config, width=16, codes=4, keep_image=3), folder)
     return folder
 
 
@@ -263,12 +263,12 @@ def test_a_student_trained_briefly_agrees_with_its_teacher_better_than_chance(sm
            be_loss="infonce", dev_split=None)
     model = BlipForImageTextRetrieval.from_pretrained(teacher)
     torch.manual_seed(5)
-    save_head(head_for(model, width=32, codes=4), teacher)
+    save_head(head_for(model.config, width=32, codes=4), teacher)
     # an untrained student of the same shape: what agreement looks like without distillation
     untrained = tmp_path / "untrained"
     shutil.copytree(teacher, untrained)
     torch.manual_seed(6)
-    save_head(head_for(model, width=32, codes=4, keep_image=2), untrained)
+    save_head(head_for(model.config, width=32, codes=4, keep_image=2), untrained)
 
     student = tmp_path / "student"
     events = _train(data=str(small_shapes), out=str(student), mode="li", shrink_from=str(teacher), keep=2,

@@ -77,7 +77,7 @@ class Cascade:
                 if b is not self._be_backbone:
                     if images is None:
                         raise ValueError(f"the reranker {r.name} needs the images for its own vision pass")
-                    enc.features[r.key] = b.encode_pixels(b.preprocess(images), [r.key]).features[r.key]
+                    enc.features[r.key] = _features(b, r.key, images)
         return enc
 
     def encode_images(self, images: Sequence[Image.Image]) -> ImageEncoding:
@@ -92,14 +92,13 @@ class Cascade:
         """The LI stage's tokens of photos (photos indexed before the LI head was added)."""
         if self.li is None:
             raise ValueError("this model has no LI head")
-        b = self._be_backbone
-        return b.encode_pixels(b.preprocess(list(images)), [self.li.key]).features[self.li.key]
+        return _features(self._be_backbone, self.li.key, images)
 
     def reranker_features(self, reranker: Reranker, images: Sequence[Image.Image]) -> np.ndarray:
         """One reranker's features of photos (a rerank of photos not in the cache), nothing else computed."""
         for r, b in self._rerankers:
             if r is reranker:
-                return b.encode_pixels(b.preprocess(list(images)), [r.key]).features[r.key]
+                return _features(b, r.key, images)
         raise ValueError(f"{reranker.name} is not a stage of this cascade")
 
     # ----- texts -------------------------------------------------------------
@@ -110,3 +109,8 @@ class Cascade:
         if self.ce is None:
             raise ValueError("this model has no reranker")
         return self.ce.score(texts, features)
+
+
+def _features(backbone: VisionBackbone, key: str, images: Sequence[Image.Image]) -> np.ndarray:
+    """One stage's features of photos from its backbone's vision pass, nothing else kept."""
+    return backbone.encode_pixels(backbone.preprocess(list(images)), [key]).features[key]

@@ -46,10 +46,6 @@ class LiConfig:
         """How many LI tokens a photo has, given its encoder's output length without codes."""
         return self.keep_image or (encoder_tokens + self.image_codes)
 
-    def describe(self) -> str:
-        keep = f"keeps {self.keep_image} image tokens" if self.keep_image else "keeps every image token"
-        return f"LI width {self.width}, {self.image_codes}+{self.text_codes} codes, {keep}"
-
 
 def has_head(folder: str | Path) -> bool:
     folder = Path(folder)

@@ -50,10 +50,10 @@ def make_head(cfg: LiConfig, seed: int | None = None) -> LateInteractionHead:
     return LateInteractionHead(cfg)
 
 
-def head_for(model, width: int = 128, codes: int = 0, keep_image: int | None = None,
+def head_for(config, width: int = 128, codes: int = 0, keep_image: int | None = None,
              keep_text: int | None = None) -> LateInteractionHead:
-    """A fresh head sized for a BlipForImageTextRetrieval model."""
-    cfg = model.config
+    """A fresh head sized for a BLIP retrieval model's config (BlipConfig)."""
+    cfg = config
     return make_head(LiConfig(vision_hidden=int(cfg.vision_config.hidden_size),
                               text_hidden=int(cfg.text_config.hidden_size), width=width, image_codes=codes,
                               text_codes=codes, keep_image=keep_image, keep_text=keep_text))

@@ -36,7 +36,7 @@ class LateTrainer(Trainer):
             # The student keeps the base head's codes (frozen: they shape the encoders' outputs the teacher
             # was trained on) and starts from its projections; pooling queries are new.
             codes = base.cfg.image_codes if base is not None else 0
-            self.head = head_for(self.model, width=base.cfg.width if base is not None else o.li_width, codes=codes,
+            self.head = head_for(self.model.config, width=base.cfg.width if base is not None else o.li_width, codes=codes,
                                  keep_image=o.keep, keep_text=o.keep_text)
             if base is not None:
                 own = self.head.state_dict()
@@ -46,23 +46,25 @@ class LateTrainer(Trainer):
                 if p is not None:
                     p.requires_grad_(encoders_train)
         else:
-            self.head = head_for(self.model, width=o.li_width, codes=o.codes, keep_image=o.keep, keep_text=o.keep_text)
+            self.head = head_for(self.model.config, width=o.li_width, codes=o.codes, keep_image=o.keep, keep_text=o.keep_text)
         self.head.to(self.device)
         codes_train = any(p is not None and p.requires_grad for p in (self.head.image_codes, self.head.text_codes))
-        self.cached = not encoders_train and not codes_train
+        cached = not encoders_train and not codes_train
+        # The encoders' outputs (with the codes) of the training and dev data when nothing before the head
+        # trains: (image outputs, text outputs, text mask), else None and the encoders run at each step.
+        self.train_out = self.dev_out = None
         self.teacher = None
         if o.shrink_from:
             yield TrainProgress("preparing", 0, o.steps, message=f"loading the teacher {o.shrink_from}")
             self.teacher = _Teacher(o.shrink_from, self.device, self)
             self.teacher_scale = o.teacher_scale or (16.0 if self.teacher.late else 1.0)
-        if self.cached:
+        if cached:
             yield TrainProgress("preparing", 0, o.steps, message="encoding the photos and captions once (frozen)")
             with torch.no_grad():
-                self.image_out = self._encode_images(self.pixels)
-                self.text_out, self.text_mask = self._encode_texts(self.ids, self.mask)
+                self.train_out = (self._encode_images(self.pixels), *self._encode_texts(self.ids, self.mask))
                 if self.dev is not None:
-                    self.dev_image_out = self._encode_images(self.dev_pixels)
-                    self.dev_text_out, self.dev_text_mask = self._encode_texts(self.dev_ids, self.dev_mask)
+                    self.dev_out = (self._encode_images(self.dev_pixels),
+                                    *self._encode_texts(self.dev_ids, self.dev_mask))
         if self.teacher is not None:
             yield TrainProgress("preparing", 0, o.steps, message="the teacher encodes the photos and captions once")
             self.teacher.precompute(self.pixels, self.ids, self.mask)
@@ -96,14 +98,15 @@ class LateTrainer(Trainer):
             masks.append(m)
         return torch.cat(outs), torch.cat(masks)
 
-    def _student(self, caps, unique, image_out=None, text_out=None, text_mask=None, pixels=None, ids=None,
-                 mask=None):
-        """The head's (text tokens, mask, image tokens) of a batch, from cached outputs or the encoders."""
-        if self.cached:
+    def _student(self, caps, unique):
+        """The head's (text tokens, mask, image tokens) of a training batch, from the encoders' outputs
+        computed once or, when the codes or encoders train, from the encoders now."""
+        if self.train_out is not None:
+            image_out, text_out, text_mask = self.train_out
             img, txt, tmask = image_out[unique], text_out[caps], text_mask[caps]
         else:
-            img = self._encode_images(pixels[unique])
-            txt, tmask = self._encode_texts(ids[caps], mask[caps])
+            img = self._encode_images(self.pixels[unique])
+            txt, tmask = self._encode_texts(self.ids[caps], self.mask[caps])
         t, tm = self.head.text_side(txt, tmask)
         return t, tm, self.head.image_side(img)
 
@@ -114,8 +117,7 @@ class LateTrainer(Trainer):
 
         caps, imgs, unique, inverse = self._batch_tensors(step)
         with self._autocast():
-            t, tm, i = self._student(caps, unique, getattr(self, "image_out", None), getattr(self, "text_out", None),
-                                     getattr(self, "text_mask", None), self.pixels, self.ids, self.mask)
+            t, tm, i = self._student(caps, unique)
             scores = maxsim_matrix(t, tm, i)  # (B captions, U photos)
         if self.teacher is None:
             ids = imgs.to(self.device)
@@ -139,29 +141,27 @@ class LateTrainer(Trainer):
         top photo for a caption is the teacher's (`agree`)."""
         import torch
 
-        from engine.models.late_head import maxsim_matrix
         from engine.training.recall import mean_recall, recalls
 
         self.model.eval()
         self.head.eval()
         with torch.no_grad(), self._autocast():
-            scores = self.late_matrix(self.dev_pixels, self.dev_ids, self.dev_mask,
-                                      getattr(self, "dev_image_out", None), getattr(self, "dev_text_out", None),
-                                      getattr(self, "dev_text_mask", None))
+            scores = self.late_matrix(self.dev_pixels, self.dev_ids, self.dev_mask, self.dev_out)
         r = recalls(scores, self.dev.caption_image)
         out = {f"li_{k}": v for k, v in r.items()}
         out["mean"] = float(mean_recall(r))
         return out
 
-    def late_matrix(self, pixels, ids, mask, image_out=None, text_out=None, text_mask=None) -> np.ndarray:
-        """(captions, photos) MaxSim scores of the current head."""
+    def late_matrix(self, pixels, ids, mask, outputs=None) -> np.ndarray:
+        """(captions, photos) MaxSim scores of the current head; outputs: the encoders' (image outputs, text
+        outputs, text mask) when computed before, else the encoders run now."""
         import torch
 
         from engine.models.late_head import maxsim_matrix
 
-        img = image_out if image_out is not None else self._encode_images(pixels)
-        if text_out is None:
-            text_out, text_mask = self._encode_texts(ids, mask)
+        if outputs is None:
+            outputs = (self._encode_images(pixels), *self._encode_texts(ids, mask))
+        img, text_out, text_mask = outputs
         i = self.head.image_side(img)
         rows = []
         for a in range(0, len(text_out), 128):
@@ -205,16 +205,15 @@ class _Teacher:
         if self.late is not None:
             self.late.to(device)
         self.device = device
-        self.trainer = trainer
         if self.processor.tokenizer.get_vocab() != trainer.processor.tokenizer.get_vocab():
             raise TrainingError("The teacher and the student must share a tokenizer (the student starts from the "
                                 "teacher's checkpoint by default).")
-        self._torch = torch
 
     def precompute(self, pixels, ids, mask) -> None:
         """Everything of the teacher that one photo or one caption determines, once: LI tokens, or for a CE
         teacher the vision encoder's tokens."""
-        torch = self._torch
+        import torch
+
         from engine.models.late_head import text_outputs, vision_outputs
 
         with torch.no_grad():
@@ -239,7 +238,8 @@ class _Teacher:
 
     def matrix(self, caps, unique):
         """(B, U) teacher scores of a batch's captions against its photos."""
-        torch = self._torch
+        import torch
+
         from engine.models.late_head import maxsim_matrix
 
         with torch.no_grad():
