@@ -691,18 +691,25 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
         probs = ce.score(QUERIES[0], stack)
         _check(probs.shape == (K,) and bool(np.isfinite(probs).all()), "the CE did not score the candidates")
         ce_ms = _ms(lambda: ce.score(QUERIES[1], stack), repeat=3)
-        yield Figure(f"ce_score_ms_k{K}", round(ce_ms, 1), "ms", f"CE over {K} cached photos' tokens, no I/O; {cond}")
+        shrunk = getattr(ce, "pool", 1) > 1
+        what = f"the shrunk CE, {ce.layout}" if shrunk else f"CE, {stack.shape[1]} image tokens a photo"
+        yield Figure(f"ce_score_ms_k{K}", round(ce_ms, 1), "ms",
+                     f"{what} over {K} cached photos' tokens, no I/O; {cond}")
+        from engine.token_cache import encode_tokens
+
+        yield Figure("ce_cache_bytes_per_photo", len(encode_tokens(stack[0], "int8")), "B",
+                     f"one photo's rerank cache entry (int8 with its scales), {what}")
         try:
             from engine.models.blip_ce import pool_grid
 
-            pooled = pool_grid(stack, 2)
+            pooled = None if shrunk else pool_grid(stack, 2)
         except ValueError:
             pooled = None
         if pooled is not None:
             pooled_ms = _ms(lambda: ce.score(QUERIES[1], pooled), repeat=3)
             yield Figure(f"ce_score_ms_k{K}_pooled2x2", round(pooled_ms, 1), "ms",
                          f"the same CE reading {pooled.shape[1]} tokens (patch grid pooled 2x2) instead of "
-                         f"{stack.shape[1]}: the compute of a shrunk CE (no shrunk CE is trained yet); {cond}")
+                         f"{stack.shape[1]}: the compute of a shrunk CE (picsift train --mode shrink-ce); {cond}")
 
         yield from late_figures(model, Path(tmp.name), cond)
 

@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--li-keep", type=positive_int, metavar="M",
                    help="also a random late-interaction head keeping M image tokens (width 128, no codes)")
+    p.add_argument("--shrunk-ce", type=positive_int, metavar="F",
+                   help="also a shrunk-CE overlay reading the patch grid pooled F x F (the random CE's own weights)")
 
     from engine.training.commands import add_parsers
 
@@ -481,8 +483,12 @@ def cmd_status(s: Session) -> int:
     for m in st.get("models", []):
         if not m["active"]:
             print(f"Also:        {shown(m['name'])}: {m['photos']} of {st['readable']} photos embedded (not searched)")
+    layout = f"; {cache['layout']}" if cache.get("layout") else ""
     print(f"Rerank cache: {cache['photos']} of {st['photos']} photos cached, {format_size(cache['bytes'])} of "
-          f"{format_size(cache['budget_bytes'])}")
+          f"{format_size(cache['budget_bytes'])}{layout}")
+    li = st.get("late_interaction")
+    if li:
+        print(f"LI tokens:   {li['photos']} of {st['photos']} photos, {format_size(li['bytes'])}")
     if st.get("read_only"):
         print("Read-only:   searching works; indexing needs write access")
     print(f"Skipped:     {st['skipped']}")
@@ -529,12 +535,30 @@ def cmd_make_random_model(s: Session) -> int:
 
         torch.manual_seed(s.args.seed)
         save_head(head_for(BlipConfig.from_pretrained(path), keep_image=s.args.li_keep), path)
+    if s.args.shrunk_ce:
+        from transformers import BlipForImageTextRetrieval
+
+        from engine.models import shrunk_ce
+
+        try:
+            shrunk_ce.pooled_tokens(*_grid_tokens(path), s.args.shrunk_ce)
+        except ValueError as exc:
+            raise PicsiftError(f"--shrunk-ce {s.args.shrunk_ce} does not fit the {s.args.preset} preset: {exc}") from exc
+        model = BlipForImageTextRetrieval.from_pretrained(path)
+        shrunk_ce.save(model, path, shrunk_ce.ShrunkConfig(pool=s.args.shrunk_ce))
     if s.args.json:
-        print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed, "li_keep": s.args.li_keep}))
+        print(json.dumps({"path": str(path), "preset": s.args.preset, "seed": s.args.seed, "li_keep": s.args.li_keep,
+                          "shrunk_ce": s.args.shrunk_ce}))
         return EXIT_OK
     print(f"Wrote a random-weight BLIP retrieval checkpoint ({s.args.preset}) to {shown(str(path))}. Its "
           "rankings are meaningless; use it to try picsift without a download: --model " + shown(str(path)))
     return EXIT_OK
+
+
+def _grid_tokens(folder) -> tuple[int]:
+    """(image tokens,) of a checkpoint's vision encoder: CLS and the patch grid."""
+    cfg = json.loads((Path(folder) / "config.json").read_text())["vision_config"]
+    return ((cfg["image_size"] // cfg["patch_size"]) ** 2 + 1,)
 
 
 def cmd_bench(s: Session) -> int:

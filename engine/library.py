@@ -117,6 +117,10 @@ class Library:
             self.store.set_active(cascade.be.key, cascade.ce.key if cascade.ce else None, cascade.source,
                                   cascade.ce_source)
             self.store.set_meta("li_model", li.key if li is not None else None)
+            # the token layout the rerank cache holds (a shrunk CE reads a pooled grid), shown by status
+            self.store.set_meta("ce_layout", getattr(cascade.ce, "layout", None) if cascade.ce else None)
+        if cascade.ce is not None:
+            self.tokens.keep_stage(cascade.ce.key)  # another CE's tokens would only hold the budget
 
     @property
     def li_key(self) -> str | None:
@@ -323,6 +327,6 @@ class Library:
             "collections": self.store.collections(),
             "read_only": self.read_only,
             "rerank_cache": {"photos": self.tokens.count(ce) if ce else 0, "bytes": self.tokens.size_bytes,
-                             "budget_bytes": self.tokens.budget_bytes},
+                             "budget_bytes": self.tokens.budget_bytes, "layout": self.store.get_meta("ce_layout")},
             "late_interaction": self._late_status(),
         }

@@ -2,7 +2,9 @@
 
 A query never reruns the vision encoder on a cached candidate. Entries are keyed
 by the reranker stage that made them and the photo's content hash, so copies
-share one entry and another model's features are never read. Indexing fills the
+share one entry and another model's features are never read; when a library's CE
+changes (another checkpoint, or a shrunk CE reading a pooled grid), the other
+stages' entries go. Indexing fills the
 cache while it has room; a query's rerank stores what it had to encode and, when
 the cache is full, the least recently used entries make room for it, so the
 budget ends up holding what queries actually rerank. Tokens are int8 with a
@@ -243,6 +245,16 @@ class TokenCache:
             self.conn.executemany("DELETE FROM features WHERE rowid = ?", stale)
             self._size = self._measure()
         return len(stale)
+
+    def keep_stage(self, stage: str) -> int:
+        """Drop every other stage's entries (the library's CE changed, a shrunk CE's layout for one); returns
+        how many went."""
+        if self.read_only:
+            return 0
+        with self.lock:
+            gone = self.conn.execute("DELETE FROM features WHERE stage != ?", (stage,)).rowcount
+            self._size = self._measure()
+        return int(gone)
 
     def clear(self) -> None:
         with self.lock:

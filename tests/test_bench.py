@@ -251,3 +251,5 @@ def test_bench_reports_the_li_stage_and_the_pooled_ce(bench_figures):
     assert 0 < figures["li_score_ms_200"].value < figures["li_score_ms_1000"].value
     # the tiny model's 4x4 patch grid pooled 2x2: 17 -> 5 tokens
     assert "reading 5 tokens (patch grid pooled 2x2) instead of 17" in figures[f"ce_score_ms_k{K}_pooled2x2"].note
+    # one photo's rerank cache entry: 17 tokens of 32 in int8, a scale per channel and one per token
+    assert figures["ce_cache_bytes_per_photo"].value == 17 * 32 + 32 * 4 + 17 * 4

@@ -527,7 +527,8 @@ def test_sizes_are_shown_in_binary_units(indexed, capsys):
     assert "Rerank cache budget: 2.0 GiB" in err
     rc, out, err = run(capsys, "status")
     line = next(x for x in out.splitlines() if x.startswith("Rerank cache:"))
-    assert re.fullmatch(r"Rerank cache: 12 of 12 photos cached, \d+\.\d (KiB|MiB) of 2\.0 GiB", line), line
+    assert re.fullmatch(r"Rerank cache: 12 of 12 photos cached, \d+\.\d (KiB|MiB) of 2\.0 GiB; 17 image tokens a photo "
+                        r"\(the full grid\)", line), line
 
 
 def test_format_size_uses_binary_units():

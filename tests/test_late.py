@@ -288,6 +288,36 @@ def test_a_student_trained_briefly_agrees_with_its_teacher_better_than_chance(sm
     assert agree > 0.6 and agree > before + 0.02, (agree, before)
 
 
+def test_an_li_head_distilled_from_a_ce_orders_photos_like_the_ce(tiny_model_dir, small_shapes, tmp_path):
+    """Distilling from a checkpoint with no LI head (its CE the teacher), as a user would with the default
+    BLIP model: only the new head trains, and its LI order follows the CE's."""
+    from transformers import BlipForImageTextRetrieval
+
+    from engine.imaging import open_photo
+    from engine.models import load_model
+    from engine.models.late_head import head_for, save_head
+    from engine.training.datasets import read_dataset
+
+    untrained = tmp_path / "untrained"
+    shutil.copytree(tiny_model_dir, untrained)
+    torch.manual_seed(6)
+    save_head(head_for(BlipForImageTextRetrieval.from_pretrained(untrained).config, width=32, keep_image=2),
+              untrained)
+    student = tmp_path / "student"
+    events = _train(data=str(small_shapes), out=str(student), mode="li", shrink_from=str(tiny_model_dir), keep=2,
+                    li_width=32, steps=80, lr=3e-3, dev_split=None)
+    assert events[-1].phase == "done"
+    assert json.loads((student / "late_interaction.json").read_text())["image_codes"] == 0
+
+    test = read_dataset(small_shapes, split="test")
+    ce = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    feats = ce.encode_images([open_photo(str(p), ce.image_size).image for p in test.images]).features[ce.ce.key]
+    teacher = np.stack([ce.ce.logits(c, feats) for c in test.captions])
+    s, u = _li_matrix(student, test), _li_matrix(untrained, test)
+    agree, before = _pair_agreement(s, teacher), _pair_agreement(u, teacher)
+    assert agree > 0.6 and agree > before + 0.03, (agree, before)
+
+
 def _pair_agreement(a: np.ndarray, b: np.ndarray) -> float:
     da = np.sign(a[:, :, None] - a[:, None, :])
     db = np.sign(b[:, :, None] - b[:, None, :])

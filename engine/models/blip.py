@@ -21,7 +21,7 @@ from PIL import Image
 
 from engine.errors import ModelNotFoundError
 from engine.models.stages import ImageEncoding, SharedLock
-from engine.models.blip_ce import itm_logits
+from engine.models.blip_ce import itm_logits, pool_grid
 from engine.models.blip_vision import vision_tokens
 from engine.models.device import is_out_of_memory
 from engine.models.registry import FamilyStages, LoadOptions, register
@@ -52,6 +52,8 @@ class BlipCheckpoint:
         self.dim = int(cfg.image_text_hidden_size)
         self.be_key = f"blip:{identity}/be"
         self.ce_key = f"blip:{identity}/ce"
+        self.ce_pool = 1  # a shrunk CE reads the patch grid pooled ce_pool x ce_pool (attach_shrunk)
+        self.ce_shape = self.token_shape
         self.li_head = None  # an LI head saved beside the weights (attach_late)
         self.li_key: str | None = None
         self.li_shape: tuple[int, int] | None = None
@@ -61,6 +63,15 @@ class BlipCheckpoint:
         self.li_head = head.to(self.device)
         self.li_key = f"blip:{self.identity}/li-{digest}"
         self.li_shape = (head.cfg.image_tokens(self.token_shape[0]), head.cfg.width)
+
+    def attach_shrunk(self, pool: int, digest: str) -> None:
+        """The CE's weights are a shrunk CE's (engine.models.shrunk_ce, applied at loading): it reads the
+        patch grid pooled, and its key names that layout, so a rerank cache never mixes the two."""
+        from engine.models.shrunk_ce import pooled_tokens
+
+        self.ce_pool = pool
+        self.ce_shape = (pooled_tokens(self.token_shape[0], pool), self.token_shape[1])
+        self.ce_key = f"blip:{self.identity}/ce-pool{pool}-{digest}"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -141,7 +152,7 @@ class BlipCheckpoint:
                     late = head.image_side(li_in)
             out = [vec.cpu().numpy().astype(np.float32)]
             if keep_tokens:
-                out.append(tokens.float().cpu().numpy())
+                out.append(pool_grid(tokens, self.ce_pool).float().cpu().numpy())
             if keep_late:
                 out.append(late.float().cpu().numpy())
             return out
@@ -150,7 +161,7 @@ class BlipCheckpoint:
         if not parts:
             parts = [np.zeros((0, self.dim), np.float32)]
             if keep_tokens:
-                parts.append(np.zeros((0, *self.token_shape), np.float32))
+                parts.append(np.zeros((0, *self.ce_shape), np.float32))
             if keep_late:
                 parts.append(np.zeros((0, *self.li_shape), np.float32))
         features = {}
@@ -202,7 +213,19 @@ class BlipCrossEncoder:
         self.ckpt = ckpt
         self.key = ckpt.ce_key
         self.name = ckpt.name
-        self.feature_shape = ckpt.token_shape
+        self.feature_shape = ckpt.ce_shape
+
+    @property
+    def pool(self) -> int:
+        """1 for the full CE; F for a shrunk CE reading the patch grid pooled F x F."""
+        return self.ckpt.ce_pool
+
+    @property
+    def layout(self) -> str:
+        """The image tokens it reads, in words (what the rerank cache holds)."""
+        from engine.models.shrunk_ce import layout
+
+        return layout(self.ckpt.token_shape[0], self.ckpt.ce_pool)
 
     def score(self, texts: str | Sequence[str], features: np.ndarray) -> np.ndarray:
         return self._run(texts, features, probabilities=True)
@@ -289,7 +312,21 @@ def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_
     if options.precision == "fp16":
         model.half()
     model.to(options.device)
+    from engine.models import shrunk_ce
+
+    pool = None
+    if shrunk_ce.has_shrunk(folder):
+        try:
+            pool = shrunk_ce.apply(model, folder).pool
+        except Exception as exc:  # a damaged overlay, or one made for another checkpoint
+            raise ModelNotFoundError(name, f"its shrunk CE ({shrunk_ce.SHRUNK_WEIGHTS}) cannot be used: {exc}",
+                                     local=True) from exc
     ckpt = BlipCheckpoint(model, processor, identity, name, options)
+    if pool is not None:
+        try:
+            ckpt.attach_shrunk(pool, shrunk_ce.digest(folder))
+        except ValueError as exc:
+            raise ModelNotFoundError(name, f"its shrunk CE cannot pool this model's tokens: {exc}", local=True) from exc
     late = None
     from engine.models import late as late_files
 

@@ -87,12 +87,19 @@ def itm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, ima
 
 def pool_grid(tokens, factor: int = 2):
     """Image tokens (n, 1 + g*g, width) with the patch grid average-pooled factor x factor (the CLS token
-    kept): 577 -> 145 for BLIP base at factor 2. The token layout a shrunk CE reads (NumPy)."""
+    kept): 577 -> 145 for BLIP base at factor 2. The token layout a shrunk CE reads (engine.models.shrunk_ce);
+    a NumPy array or a torch tensor, returned as the same kind."""
     import numpy as np
 
     n, count, width = tokens.shape
     g = int(round((count - 1) ** 0.5))
     if g * g != count - 1 or g % factor:
         raise ValueError(f"{count - 1} patch tokens do not form a grid divisible by {factor}")
-    grid = tokens[:, 1:].reshape(n, g // factor, factor, g // factor, factor, width).mean(axis=(2, 4))
-    return np.concatenate([tokens[:, :1], grid.reshape(n, -1, width)], axis=1).astype(tokens.dtype)
+    if factor == 1:
+        return tokens
+    grid = tokens[:, 1:].reshape(n, g // factor, factor, g // factor, factor, width)
+    if isinstance(tokens, np.ndarray):
+        grid = grid.mean(axis=(2, 4), dtype=np.float32).reshape(n, -1, width)
+        return np.concatenate([tokens[:, :1], grid.astype(tokens.dtype)], axis=1)
+    grid = grid.float().mean(dim=(2, 4)).reshape(n, -1, width).to(tokens.dtype)
+    return torch.cat([tokens[:, :1], grid], dim=1)

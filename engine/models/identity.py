@@ -43,10 +43,12 @@ def content_identity(folder: str | os.PathLike) -> str:
     """Hex digest of a checkpoint folder's config and weights (file names and contents)."""
     folder = Path(folder)
     from engine.models.late import LI_FILES
+    from engine.models.shrunk_ce import SHRUNK_FILES
 
-    # An LI head beside the weights is a stage of its own (its key names its own digest): adding one keeps
-    # the checkpoint's BE vectors and CE cache valid.
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in LI_FILES
+    # An LI head or a shrunk CE beside the weights is a stage of its own (its key names its own digest):
+    # adding one keeps the checkpoint's BE vectors (and, for an LI head, the CE cache) valid.
+    side = set(LI_FILES) | set(SHRUNK_FILES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in side
                    and (p.name == CONFIG_NAME or p.suffix in WEIGHT_SUFFIXES))
     if not any(p.name == CONFIG_NAME for p in files):
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
@@ -65,6 +67,17 @@ def content_identity(folder: str | os.PathLike) -> str:
         if len(memo) != before:
             _save_memo(memo)
     return outer.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """One file's content hash, remembered like a checkpoint's weights (for files beside a checkpoint)."""
+    with _memo_lock:
+        memo = _load_memo()
+        before = len(memo)
+        digest = _file_digest(Path(path), memo)
+        if len(memo) != before:
+            _save_memo(memo)
+    return digest
 
 
 def _load_memo() -> dict:

@@ -47,9 +47,10 @@ def _modes(text: str) -> list[str]:
 def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> None:
     p = sub.add_parser("train", parents=[common], help="fine-tune a BE, a CE or both (joint) on image-caption data")
     p.add_argument("data", help="captions CSV/TSV, COCO or Karpathy JSON, or a folder with captions.csv and images/")
-    p.add_argument("--mode", choices=["be", "ce", "joint", "li"], default="joint",
+    p.add_argument("--mode", choices=["be", "ce", "joint", "li", "shrink-ce"], default="joint",
                    help="be: the twin network; ce: the matching head; joint: both on shared weights (default); "
-                        "li: a late-interaction head (inflate; with --shrink-from, distil)")
+                        "li: a late-interaction head (inflate; with --shrink-from, distil); shrink-ce: a CE "
+                        "reading the patch grid pooled (--pool), distilled from the full CE")
     p.add_argument("--out", required=True, metavar="FOLDER", help="where the checkpoint goes (a normal model folder)")
     p.add_argument("--init", choices=["tiny", "small"],
                    help="start from a fresh model of this size, its vocabulary from the data (instead of --model)")
@@ -72,7 +73,8 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     li = p.add_argument_group("late interaction (--mode li)")
     li.add_argument("--shrink-from", metavar="TEACHER",
                     help="distil from a teacher: a checkpoint with an LI head, or any BLIP checkpoint (its CE); "
-                         "the student starts from the teacher's weights unless --model is given")
+                         "the student starts from the teacher's weights unless --model is given (shrink-ce: "
+                         "the full CE to learn from, default --model's own)")
     li.add_argument("--keep", type=positive_int, metavar="M", help="image tokens the head keeps a photo (default all)")
     li.add_argument("--keep-text", type=positive_int, metavar="M", help="text tokens the head keeps (default all)")
     li.add_argument("--codes", type=non_negative_int, default=32,
@@ -85,6 +87,9 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
                          "teacher, 1 for a CE's logits)")
     li.add_argument("--student-scale", type=_positive_float, default=16.0,
                     help="the student's score multiplier (default 16)")
+    sc = p.add_argument_group("shrunk CE (--mode shrink-ce)")
+    sc.add_argument("--pool", type=positive_int, default=2, metavar="F",
+                    help="average-pool the patch grid F x F (default 2: 577 -> 145 tokens for BLIP base)")
 
     p = sub.add_parser("eval", parents=[common], help="recall at 1/5/10 of the BE, the CE and Coop, with query latency")
     p.add_argument("data", help="captions CSV/TSV, COCO or Karpathy JSON, or a folder with captions.csv and images/")
@@ -154,7 +159,7 @@ def cmd_train(s) -> int:
                            device=a.device, resume=a.resume, shrink_from=a.shrink_from, keep=a.keep,
                            keep_text=a.keep_text, codes=a.codes, li_width=a.li_width,
                            train_encoders=a.train_encoders, teacher_scale=a.teacher_scale,
-                           student_scale=a.student_scale)
+                           student_scale=a.student_scale, pool=a.pool)
     cancel = CancelToken()
     bar = None
     last = None
@@ -225,6 +230,8 @@ def cmd_eval(s) -> int:
     else:
         print(f"{result['images']:,} photos ({result['distractors']:,} distractors), {result['queries']:,} caption "
               f"queries; split {result['split'] or 'all'}; {result['precision']}")
+        if (result.get("ce") or {}).get("pool", 1) > 1:
+            print(f"The CE is a shrunk CE: {result['ce']['layout']}.")
         print(markdown_table(result))
     return 0
 

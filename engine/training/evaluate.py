@@ -178,6 +178,9 @@ class Evaluation:
                   "ce_model": model.ce_source, "precision": model.precision, "device": model.describe_device(),
                   "li": None if model.li is None else {"tokens": model.li.feature_shape[0],
                                                        "width": model.li.feature_shape[1], "n": o.li_n},
+                  "ce": None if model.ce is None else {"tokens": model.ce.feature_shape[0],
+                                                       "pool": getattr(model.ce, "pool", 1),
+                                                       "layout": getattr(model.ce, "layout", None)},
                   "skipped": dict(data.skipped), "rows": rows}
         self.result = result
         yield EvalProgress("done", message="done", result=result)
@@ -374,23 +377,26 @@ def _duration(seconds: float) -> str:
 
 
 # ----- reports ---------------------------------------------------------------------------------
-def row_name(row: dict, separate: bool) -> str:
+def row_name(row: dict, separate: bool, shrunk: bool = False) -> str:
+    """A row's name in the method's terms; shrunk: the CE is a shrunk CE (it reads a pooled grid)."""
     prefix = "Sep" if separate else "Joint"
+    ce = "shrunk CE" if shrunk else "CE"
     if row["mode"] == "li":
         return "LI"
     if row["mode"] == "be-li":
         return f"BE→LI (N={row['n']})"
     if row["mode"] == "be-li-ce":
-        return f"BE→LI (N={row['n']})→CE k={row['k']}"
+        return f"BE→LI (N={row['n']})→{ce} k={row['k']}"
     if row["mode"] == "be":
         return f"{prefix}+BE" if separate is not None else "BE"
     if row["mode"] == "ce":
-        return f"{prefix}+CE"
-    return f"{prefix}+Coop k={row['k']} ({'CE' if row['scoring'] == 'ce' else 'CE+BE'})"
+        return f"{prefix}+{ce}"
+    return f"{prefix}+Coop k={row['k']} ({ce if row['scoring'] == 'ce' else ce + '+BE'})"
 
 
 def markdown_table(result: dict, title: str | None = None) -> str:
     separate = result.get("ce_model") is not None
+    shrunk = (result.get("ce") or {}).get("pool", 1) > 1
     lines = []
     if title:
         lines += [f"**{title}**", ""]
@@ -399,7 +405,7 @@ def markdown_table(result: dict, title: str | None = None) -> str:
     for row in result["rows"]:
         vals = [row[k] * 100 for k in RECALL_KEYS]
         size = row.get("bytes_per_photo")
-        lines.append(f"| {row_name(row, separate)} | " + " | ".join(f"{v:.1f}" for v in vals)
+        lines.append(f"| {row_name(row, separate, shrunk)} | " + " | ".join(f"{v:.1f}" for v in vals)
                      + f" | {statistics.mean(vals):.1f} | {row['ms_per_query']:.1f} | "
                      + (f"{size:,}" if size is not None else "–") + " |")
     return "\n".join(lines)

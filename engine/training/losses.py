@@ -114,3 +114,15 @@ def distillation_loss(teacher: torch.Tensor, student: torch.Tensor, teacher_scal
     rows = -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum(1).mean()
     cols = -(F.softmax(t, dim=0) * F.log_softmax(s, dim=0)).sum(0).mean()
     return 0.5 * rows + 0.5 * cols
+
+
+def rerank_distillation_loss(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """A shrunk CE's distillation over each caption's candidates (rows of (B, G) match logits, log-odds):
+    softmax cross-entropy between the teacher's and the student's order of the candidates, plus binary
+    cross-entropy of the student's match probability against the teacher's, so that the probabilities the
+    product shows keep their meaning. The teacher gets no gradient."""
+    t = teacher.detach().float()
+    s = student.float()
+    order = -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum(1).mean()
+    match = F.binary_cross_entropy_with_logits(s, torch.sigmoid(t))
+    return order + match

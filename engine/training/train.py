@@ -22,7 +22,7 @@ import numpy as np
 from engine.errors import PicsiftError
 from engine.jobs import CancelToken
 
-MODES = ("be", "ce", "joint", "li")
+MODES = ("be", "ce", "joint", "li", "shrink-ce")
 BE_LOSSES = ("triplet", "infonce")
 STATE_DIR = ".picsift-train"  # inside the output folder: the resumable state, not part of the checkpoint
 
@@ -65,12 +65,16 @@ class TrainOptions:
     train_encoders: bool = False  # LI runs keep the checkpoint's encoders (its BE and CE) unless asked
     teacher_scale: float | None = None  # default 16 for an LI teacher's scores, 1 for a CE's logits
     student_scale: float = 16.0
+    # --mode shrink-ce (engine.training.shrink_ce): a CE reading the patch grid pooled, from the full CE
+    pool: int = 2
 
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
         if self.mode == "li" and not self.train_encoders and not self.init:
             return 1e-3  # only the small head (and codes) train
+        if self.mode == "shrink-ce":
+            return 1e-3  # only the CE's cross-attention and matching head train
         if self.init:
             return 5e-4
         return 2e-5 if self.mode == "be" else 5e-5
@@ -80,10 +84,16 @@ class TrainOptions:
             raise TrainingError(f"--mode must be one of {', '.join(MODES)}, not '{self.mode}'.")
         if self.be_loss not in BE_LOSSES:
             raise TrainingError(f"--be-loss must be one of {', '.join(BE_LOSSES)}, not '{self.be_loss}'.")
-        if self.mode != "li" and (self.shrink_from or self.keep):
-            raise TrainingError("--shrink-from and --keep belong to --mode li.")
-        if self.model is None and self.init is None and self.mode == "li" and self.shrink_from:
+        if self.mode not in ("li", "shrink-ce") and self.shrink_from:
+            raise TrainingError("--shrink-from belongs to --mode li and --mode shrink-ce.")
+        if self.mode != "li" and self.keep:
+            raise TrainingError("--keep belongs to --mode li.")
+        if self.model is None and self.init is None and self.mode in ("li", "shrink-ce") and self.shrink_from:
             self.model = self.shrink_from  # the student starts from the teacher's weights
+        if self.mode == "shrink-ce" and self.init:
+            raise TrainingError("--mode shrink-ce shrinks an existing checkpoint's CE: give --model, not --init.")
+        if self.pool < 2:
+            raise TrainingError("--pool must be at least 2 (2: a quarter of the patch tokens).")
         if (self.model is None) == (self.init is None):
             raise TrainingError("Give either --model (a checkpoint to fine-tune) or --init small|tiny (a fresh model).")
         for name in ("keep", "keep_text", "li_width"):
@@ -160,6 +170,11 @@ class Trainer:
             self.dev_pixels = self._pixels(self.dev.images)
             self.dev_ids, self.dev_mask = self._tokens(self.dev.captions)
         self.log_temperature = torch.nn.Parameter(torch.tensor(math.log(0.07), device=self.device))
+        self.amp = None
+        if self.device.startswith("cuda"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            self.amp = dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         yield from self._prepare_stage()
         params = self.trainable_parameters()
         self.optimizer = torch.optim.AdamW(params, lr=o.learning_rate(), weight_decay=o.weight_decay, eps=1e-6)
@@ -171,11 +186,6 @@ class Trainer:
         self.history: list[dict] = []
         if o.resume:
             self._load_state(state_file)
-        self.amp = None
-        if self.device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            self.amp = dtype
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
 
     def _prepare_stage(self) -> Iterator[TrainProgress]:
         """What a kind of run adds once the model and data are ready (the LI runs: head, teacher, caches)."""
@@ -222,7 +232,8 @@ class Trainer:
         o = self.o
         return {k: getattr(o, k) for k in ("mode", "steps", "batch_size", "seed", "be_loss", "split", "init",
                                            "hard_negatives", "eval_every", "shrink_from", "keep", "keep_text",
-                                           "codes", "li_width", "train_encoders")} | {
+                                           "codes", "li_width", "train_encoders")} | (
+            {"pool": o.pool} if o.mode == "shrink-ce" else {}) | {
             "data": str(Path(o.data).expanduser().resolve()), "captions": len(self.data.captions)}
 
     def _save_state(self) -> None:
@@ -495,7 +506,12 @@ class Trainer:
 
 
 def make_trainer(options: TrainOptions, cancel: CancelToken | None = None) -> Trainer:
-    """The trainer of a run's mode: `Trainer` for be/ce/joint, `LateTrainer` for li."""
+    """The trainer of a run's mode: `Trainer` for be/ce/joint, `LateTrainer` for li, `ShrinkCeTrainer` for
+    shrink-ce."""
+    if options.mode == "shrink-ce":
+        from engine.training.shrink_ce import ShrinkCeTrainer
+
+        return ShrinkCeTrainer(options, cancel)
     if options.mode == "li":
         from engine.training.late import LateTrainer
 
