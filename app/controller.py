@@ -12,10 +12,10 @@ from PySide6.QtCore import QObject, Signal
 
 from app.workers import GeneratorThread, call_generator
 from engine.captions import import_collection
-from engine.errors import ModelMismatchError
+from engine.errors import ModelMismatchError, PicsiftError
 from engine.indexer import index_folders
 from engine.library import Library
-from engine.search import Searcher
+from engine.search import SearchUpdate, Searcher, arrange
 
 
 class Controller(QObject):
@@ -51,6 +51,9 @@ class Controller(QObject):
         self._drop: GeneratorThread | None = None
         self._request = 0
         self.session = None  # the engine's state of the current query (candidates, scores, scope)
+        self.min_score: float | None = None  # what the user sees of the order: weak hits hidden,
+        self.sort = "relevance"  # and the order (engine.search.arrange)
+        self._last: tuple[int, SearchUpdate] | None = None  # the last update, to arrange again
 
     # ----- threads -------------------------------------------------------
     def _start(self, make, name: str) -> GeneratorThread:
@@ -110,18 +113,42 @@ class Controller(QObject):
     def query(self) -> str | None:
         return self.session.query if self.session is not None else None
 
-    def search(self, query: str, n: int, k: int, scope: str | None = None) -> int:
-        """Start a search (cancelling the one in flight); returns its request id."""
+    def search(self, query: str, n: int, k: int, scope: str | None = None, filters=None,
+               photo: str | None = None) -> int:
+        """Start a search (cancelling the one in flight); returns its request id. The query may carry terms
+        (engine.query), filters narrow the photos ranked, a photo is where the search starts from."""
         self.cancel_search()
         self._request += 1
         request = self._request
         self.session = None
+        self._last = None
         if self.searcher is None:
             self.searchFailed.emit("The model is not loaded yet." if self.model is None else
                                    "Rescan the library (F5) before searching: its photos were embedded by another model.")
             return request
-        session = self.session = self.searcher.session(query, max(n, k), scope)
+        try:
+            session = self.session = self.searcher.session(query, max(n, k), scope, filters, photo)
+        except PicsiftError as exc:  # a query with nothing to look for
+            self.searchFailed.emit(str(exc))
+            return request
+        if query.strip():
+            try:
+                self.library.remember_query(query)
+            except PicsiftError:
+                pass  # another process holds the library: the history can wait
         return self._stream(request, lambda token: session.stream(k, cancel=token), "picsift-search")
+
+    def set_view(self, min_score: float | None, sort: str) -> None:
+        """Hide weak hits and order by relevance or date: the last results shown again, no new search."""
+        self.min_score, self.sort = min_score, sort
+        if self._last is not None:
+            self._on_search(*self._last)
+
+    def recent_queries(self) -> list[str]:
+        return self.library.recent_queries()
+
+    def clear_recent_queries(self) -> None:
+        self.library.clear_recent_queries()
 
     def rerank(self, k: int) -> int | None:
         """A new rerank depth for the current query: the engine's session reranks its own candidates
@@ -143,6 +170,10 @@ class Controller(QObject):
     def _on_search(self, request: int, update) -> None:
         if request != self._request:
             return  # a late update of a cancelled search
+        self._last = (request, update)
+        if self.min_score is not None or self.sort != "relevance":
+            update = SearchUpdate(arrange(update.hits, self.library, self.min_score, self.sort), update.scored,
+                                  update.to_score, update.done)
         self.searchUpdate.emit(request, update)
 
     def cancel_search(self) -> None:

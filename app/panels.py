@@ -1,4 +1,5 @@
-"""The window's parts that are not the results grid: indexing progress and the dropped-photo view."""
+"""The window's parts that are not the results grid: the filter bar, indexing progress and the dropped-photo
+view."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
-    QComboBox, QHBoxLayout, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-    QSplitter, QVBoxLayout, QWidget,
+    QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar,
+    QPushButton, QSplitter, QToolButton, QVBoxLayout, QWidget,
 )
 
 
@@ -21,6 +22,84 @@ def format_eta(seconds: float | None) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s left"
     return f"{seconds // 3600} h {seconds // 60 % 60:02d} min left"
+
+
+class FilterBar(QWidget):
+    """Filters that combine with the query (date taken, file type, orientation), the photo a search starts
+    from, the minimum match shown and the order. Changing a filter or the photo asks for the search again
+    (filtersChanged); the minimum and the order only re-arrange what was found (viewChanged)."""
+
+    filtersChanged = Signal()
+    viewChanged = Signal()
+
+    DATES = (("Any time", None), ("Today", "today"), ("This week", "this week"), ("This month", "this month"),
+             ("Last month", "last month"), ("Last 30 days", "last 30 days"), ("This year", "this year"),
+             ("Last year", "last year"))
+    TYPES = (("Any type", None), ("JPEG", "jpg"), ("PNG", "png"), ("HEIC", "heic"), ("WebP", "webp"),
+             ("TIFF", "tif"), ("GIF", "gif"))
+    SHAPES = (("Any shape", None), ("Landscape", "landscape"), ("Portrait", "portrait"), ("Square", "square"))
+    SORTS = (("Best match first", "relevance"), ("Newest first", "date"))
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.photo: str | None = None
+        self.photo_button = QToolButton()
+        self.photo_button.setToolTip("The search starts from this photo; the words say how the results should "
+                                     "differ. Click to stop using it.")
+        self.photo_button.setVisible(False)
+        self.photo_button.clicked.connect(lambda: self.set_photo(None))
+        self.date = self._combo(self.DATES, "When the photo was taken (EXIF date, else the file's)")
+        self.type = self._combo(self.TYPES, "File type")
+        self.shape = self._combo(self.SHAPES, "Orientation as shown")
+        self.min_match = QDoubleSpinBox()
+        self.min_match.setRange(0.0, 1.0)
+        self.min_match.setSingleStep(0.05)
+        self.min_match.setDecimals(2)
+        self.min_match.setPrefix("match ≥ ")
+        self.min_match.setSpecialValueText("all matches")
+        self.min_match.setToolTip("Hide weak matches: the cross-encoder's probability when reranked, else the "
+                                  "bi-encoder's score")
+        self.min_match.valueChanged.connect(lambda _v: self.viewChanged.emit())
+        self.sort = QComboBox()
+        for name, value in self.SORTS:
+            self.sort.addItem(name, value)
+        self.sort.setToolTip("Order of the results")
+        self.sort.currentIndexChanged.connect(lambda _i: self.viewChanged.emit())
+        for combo in (self.date, self.type, self.shape):
+            combo.currentIndexChanged.connect(lambda _i: self.filtersChanged.emit())
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.photo_button)
+        for w in (self.date, self.type, self.shape, self.min_match, self.sort):
+            row.addWidget(w)
+        row.addStretch(1)
+
+    @staticmethod
+    def _combo(items, tip: str) -> QComboBox:
+        combo = QComboBox()
+        for name, value in items:
+            combo.addItem(name, value)
+        combo.setToolTip(tip)
+        return combo
+
+    def values(self) -> tuple[str | None, str | None, str | None]:
+        """(date range, file type, orientation) as the engine's filter parsers read them; None for any."""
+        return self.date.currentData(), self.type.currentData(), self.shape.currentData()
+
+    @property
+    def min_score(self) -> float | None:
+        return self.min_match.value() or None
+
+    @property
+    def order(self) -> str:
+        return self.sort.currentData()
+
+    def set_photo(self, path: str | None) -> None:
+        self.photo = path
+        self.photo_button.setVisible(path is not None)
+        if path is not None:
+            self.photo_button.setText(f"From photo: {os.path.basename(path)}  ✕")
+        self.filtersChanged.emit()
 
 
 class IndexPanel(QWidget):
@@ -113,6 +192,7 @@ class DropPanel(QWidget):
 
     importRequested = Signal()
     collectionChosen = Signal(str)
+    searchFromPhoto = Signal()
 
     def __init__(self, similar_model, parent=None):
         super().__init__(parent)
@@ -140,6 +220,10 @@ class DropPanel(QWidget):
         lv = QVBoxLayout(left)
         lv.addWidget(self.preview, 1)
         lv.addWidget(self.path_label)
+        self.search_button = QPushButton("Search from this photo…")
+        self.search_button.setToolTip("Find photos like this one, changed as your words say (\"at night\")")
+        self.search_button.clicked.connect(self.searchFromPhoto)
+        lv.addWidget(self.search_button)
         right = QWidget()
         rv = QVBoxLayout(right)
         top = QHBoxLayout()

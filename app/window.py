@@ -6,20 +6,22 @@ import os
 import tempfile
 import time
 
-from PySide6.QtCore import QEvent, QSettings, QSize, Qt, QUrl
+from PySide6.QtCore import QEvent, QSettings, QSize, QStringListModel, Qt, QUrl
 from PySide6.QtGui import (
     QAction, QDesktopServices, QGuiApplication, QIcon, QImage, QKeySequence, QPixmap, QShortcut,
 )
 from PySide6.QtWidgets import (
-    QComboBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListView, QMainWindow, QMenu,
+    QComboBox, QCompleter, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListView, QMainWindow, QMenu,
     QMessageBox, QProgressBar, QSpinBox, QStackedWidget, QVBoxLayout, QWidget,
 )
 
 from app.controller import Controller
-from app.panels import DropPanel, IndexPanel
+from app.panels import DropPanel, FilterBar, IndexPanel
 from app.preferences import Preferences, PreferencesDialog
 from app.results_model import HitRole, ResultsModel
 from app.thumbnails import ThumbnailLoader
+from engine.errors import PicsiftError
+from engine.filters import Filters, parse_date_range, parse_types
 from engine.imaging import is_supported
 from engine.paths import ASSETS_DIR
 
@@ -64,8 +66,14 @@ class MainWindow(QMainWindow):
 
         # search row
         self.search = QLineEdit()
-        self.search.setPlaceholderText("Describe the photo you are looking for (Ctrl+F), then Enter")
+        self.search.setPlaceholderText("Describe the photo you are looking for (Ctrl+F), then Enter;"
+                                       " -word to avoid, 2:word to stress")
         self.search.setClearButtonEnabled(True)
+        self.recent = QStringListModel(self)
+        completer = QCompleter(self.recent, self)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.search.setCompleter(completer)
         self.search.returnPressed.connect(self.run_search)
         self.search.installEventFilter(self)
         self.k_box = QSpinBox()
@@ -83,6 +91,9 @@ class MainWindow(QMainWindow):
         row.addWidget(self.k_box)
         row.addWidget(self.scope)
         row.addWidget(self.rerank_state)
+        self.filter_bar = FilterBar()
+        self.filter_bar.filtersChanged.connect(self._on_filters_changed)
+        self.filter_bar.viewChanged.connect(self._on_view_changed)
 
         # pages
         self.empty = QLabel(EMPTY_TEXT)
@@ -106,6 +117,7 @@ class MainWindow(QMainWindow):
             lambda pos: self._context_menu(self.drop_panel.similar, pos))
         self.drop_panel.importRequested.connect(self.import_captions)
         self.drop_panel.collectionChosen.connect(self._on_collection)
+        self.drop_panel.searchFromPhoto.connect(lambda: self.dropped and self.search_from_photo(self.dropped))
         self.pages = QStackedWidget()
         self.pages.addWidget(self.empty)
         self.pages.addWidget(self.grid)
@@ -119,6 +131,7 @@ class MainWindow(QMainWindow):
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.addLayout(row)
+        layout.addWidget(self.filter_bar)
         layout.addWidget(self.pages, 1)
         layout.addWidget(self.index_panel)
         self.setCentralWidget(central)
@@ -160,6 +173,7 @@ class MainWindow(QMainWindow):
         else:
             self.resize(1100, 760)
         self.refresh_library()
+        self._refresh_recent()
 
     # ----- menus -----------------------------------------------------------
     def _build_menus(self) -> None:
@@ -178,6 +192,7 @@ class MainWindow(QMainWindow):
         self.folders_menu.aboutToShow.connect(self._fill_folders_menu)
         edit = self.menuBar().addMenu("&Edit")
         edit.addAction(QAction("&Find", self, triggered=self.focus_search))
+        edit.addAction(QAction("Clear &Recent Searches", self, triggered=self.clear_recent))
         edit.addAction(QAction("&Cancel Running Work", self, triggered=self.cancel_work))
         edit.addSeparator()
         edit.addAction(QAction("&Preferences…", self, triggered=self.edit_preferences))
@@ -299,10 +314,50 @@ class MainWindow(QMainWindow):
 
     def run_search(self) -> None:
         query = self.search.text().strip()
-        if not query:
+        photo = self.filter_bar.photo
+        if not query and photo is None:
+            return
+        try:
+            filters = self.current_filters()
+        except PicsiftError as exc:
+            self.statusBar().showMessage(str(exc), 8000)
             return
         self.pages.setCurrentIndex(PAGE_RESULTS)
-        self.controller.search(query, self.prefs.n, self.k_box.value(), self.scope.currentData())
+        self.controller.search(query, self.prefs.n, self.k_box.value(), self.scope.currentData(), filters, photo)
+        self._refresh_recent()
+
+    def current_filters(self) -> Filters | None:
+        """The filter bar's choices as the engine's filters; None when it asks for none."""
+        date, types, shape = self.filter_bar.values()
+        lo, hi = parse_date_range(date) if date else (None, None)
+        f = Filters(taken_from=lo, taken_to=hi, types=parse_types(types) if types else (), orientation=shape)
+        return None if f.empty else f
+
+    def _on_filters_changed(self) -> None:
+        if self.pages.currentIndex() == PAGE_RESULTS and (self.search.text().strip() or self.filter_bar.photo):
+            self.run_search()
+
+    def _on_view_changed(self) -> None:
+        self.controller.set_view(self.filter_bar.min_score, self.filter_bar.order)
+
+    def search_from_photo(self, path: str) -> None:
+        """Start searches from a photo: the words typed then say how the results should differ."""
+        self.filter_bar.set_photo(path)
+        self.pages.setCurrentIndex(PAGE_RESULTS)
+        self.search.setPlaceholderText("How should the results differ from the photo? (e.g. at night), then Enter")
+        self.focus_search()
+        self.run_search()
+
+    def _refresh_recent(self) -> None:
+        try:
+            self.recent.setStringList(self.controller.recent_queries())
+        except PicsiftError:
+            pass
+
+    def clear_recent(self) -> None:
+        self.controller.clear_recent_queries()
+        self._refresh_recent()
+        self.statusBar().showMessage("Recent searches cleared.", 5000)
 
     def _on_k_changed(self, k: int) -> None:
         self.prefs.k = k
@@ -354,6 +409,7 @@ class MainWindow(QMainWindow):
             ("Copy Path", lambda: QGuiApplication.clipboard().setText(hit.path)),
             ("Copy Image", lambda: QGuiApplication.clipboard().setImage(QImage(hit.path))),
             ("Find Similar", lambda: self.describe(hit.path)),
+            ("Search From This Photo", lambda: self.search_from_photo(hit.path)),
         ]
 
     # ----- drag and drop, paste ---------------------------------------------

@@ -112,13 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("search", "find photos matching a text"),):
         p = sub.add_parser(name, parents=[common], help=helptext)
-        p.add_argument("query", help="what to look for, in words")
+        p.add_argument("query", nargs="?", default="",
+                       help="what to look for, in words; -word moves away from a word, 2:word weighs it twice, "
+                            "quotes keep words together (-\"people walking\")")
         p.add_argument("-n", type=positive_int, default=20, help="results to show (default 20)")
         p.add_argument("-k", type=non_negative_int, default=20, help="rerank the top k with the cross-encoder (0 = off)")
+        p.add_argument("--photo", metavar="FILE",
+                       help="start from a photo: the words then say how the results should differ ('at night')")
         p.add_argument("--in", dest="scope", metavar="FOLDER", help="only photos under this folder")
+        p.add_argument("--date", metavar="RANGE",
+                       help="only photos taken then (EXIF date, else the file's): 2024, 2024-05, 2023-06..2024-02, "
+                            "2024.., 'this year', 'last month', 'last 30 days'")
+        p.add_argument("--type", dest="types", metavar="EXT[,EXT]", help="only these file types (jpg,png,heic,…)")
+        p.add_argument("--orientation", choices=["landscape", "portrait", "square"])
+        p.add_argument("--min-score", type=float, metavar="S",
+                       help="hide hits that match less: the CE probability (0-1) when reranked, else the BE cosine")
+        p.add_argument("--sort", choices=["relevance", "date"], default="relevance",
+                       help="relevance (default) or date taken, newest first (of the hits found)")
+        p.add_argument("--no-history", action="store_true", help="do not add the query to the recent ones")
+
         p.add_argument("--li-candidates", type=non_negative_int, default=200, metavar="N",
                        help="with a model that has a late-interaction (LI) head: the BE's top N that the LI stage "
                             "orders before the CE reranks the top k (default 200; 0 = no LI stage)")
+
+    p = sub.add_parser("recent", parents=[common], help="the library's recent queries, newest first")
+    p.add_argument("--clear", action="store_true", help="forget them")
 
     p = sub.add_parser("captions", parents=[common], help="captions that describe a photo best")
     p.add_argument("image", help="a photo file, indexed or not")
@@ -380,7 +398,7 @@ def _print_hits(s: Session, hits, kind: str) -> None:
         print(f"{h.rank:3d}. {h.score:+.3f}{li}{rr}  {shown(h.path if h.path is not None else h.text)}")
 
 
-def _search_while_ce_loads(s: Session):
+def _search_while_ce_loads(s: Session, filters=None):
     """A reranked terminal search that starts its work at once: the whole model (the CE) loads in a
     thread while the BE's text side, which loads in a fraction of the time, embeds the query and FAISS
     finds the candidates; the CE then reranks that same search session."""
@@ -401,7 +419,7 @@ def _search_while_ce_loads(s: Session):
     thread = threading.Thread(target=load, name="picsift-load-ce", daemon=True)
     thread.start()
     session = Searcher(library, s.load_model(text_only=True), li_candidates=args.li_candidates).session(
-        args.query, n=args.n, scope=args.scope)
+        args.query, n=args.n, scope=args.scope, filters=filters, photo=args.photo)
     session.retrieve(max(args.n, args.k))
     thread.join()
     if "error" in loaded:
@@ -415,18 +433,68 @@ def cmd_search(s: Session) -> int:
     from engine.models.registry import text_side_loads_alone
     from engine.search import Searcher
 
+    from engine.query import parse_query
+    from engine.search import _final_hits, arrange, check_photo_file
+
     args = s.args
     t0 = time.perf_counter()
-    if args.k > 0 and s._model is None and text_side_loads_alone(s.model_id):
-        hits = _search_while_ce_loads(s)
+    filters = _search_filters(args)
+    if args.photo:
+        check_photo_file(args.photo)
+    parsed = parse_query(args.query, args.photo)  # a query with nothing to look for stops here, before loading
+    if args.k > 0 and parsed.positive_text and not args.photo and s._model is None \
+            and text_side_loads_alone(s.model_id):
+        hits = _search_while_ce_loads(s, filters)
     else:
-        hits = Searcher(s.library, s.model, li_candidates=args.li_candidates).search(
-            args.query, n=args.n, k=args.k, scope=args.scope)
+        # a photo outside the library needs the vision encoder: the whole model loads
+        model = s.model if not args.photo or s._model is not None else s.load_model()
+        session = Searcher(s.library, model, li_candidates=args.li_candidates).session(
+            args.query, n=args.n, scope=args.scope, filters=filters, photo=args.photo)
+        hits = _final_hits(session.stream(args.k))
+    hits = arrange(hits, s.library, args.min_score, args.sort)
+    if not args.no_history:
+        try:
+            s.library.remember_query(args.query)
+        except PicsiftError:
+            pass  # a library another process is writing: the history is not worth failing a search for
     if not args.json:
         late = f"LI ordered the BE's top {args.li_candidates}, " if hits and hits[0].li_rank else ""
+        extra = [f"{parsed.describe()}"] if not parsed.plain else []
+        if filters is not None:
+            extra.append(filters.describe())
+        if args.min_score is not None:
+            extra.append(f"match at least {args.min_score:g}")
+        if args.sort == "date":
+            extra.append("newest first")
         _say(args, f"{len(hits)} results in {1000 * (time.perf_counter() - t0):.0f} ms "
-                   f"({late}reranked top {min(args.k, len(hits))})")
+                   f"({late}reranked top {min(args.k, len(hits)) if parsed.positive_text else 0})"
+                   + ("; " + "; ".join(extra) if extra else ""))
     _print_hits(s, hits, "photo")
+    return EXIT_OK
+
+
+def _search_filters(args):
+    """The filters a search's options ask for, or None."""
+    from engine.filters import Filters, parse_date_range, parse_types
+
+    lo = hi = None
+    if args.date:
+        lo, hi = parse_date_range(args.date)
+    f = Filters(taken_from=lo, taken_to=hi, types=parse_types(args.types) if args.types else (),
+                orientation=args.orientation)
+    return None if f.empty else f
+
+
+def cmd_recent(s: Session) -> int:
+    if s.args.clear:
+        s.library.clear_recent_queries()
+        _say(s.args, "Recent queries cleared.")
+        return EXIT_OK
+    recent = s.library.recent_queries()
+    if s.args.json:
+        print(json.dumps(recent, ensure_ascii=False))
+    else:
+        print("\n".join(shown(q) for q in recent) if recent else "No recent queries.")
     return EXIT_OK
 
 
@@ -607,7 +675,7 @@ def cmd_bench(s: Session) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "captions": cmd_captions, "similar": cmd_similar,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "recent": cmd_recent, "captions": cmd_captions, "similar": cmd_similar,
             "status": cmd_status, "bench": cmd_bench, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
 
 

@@ -126,3 +126,50 @@ def read_file(path: str) -> bytes:
         raise ImageError("is a folder, not a file") from None
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+_EXIF_IFD = 0x8769
+_DATE_TIME_ORIGINAL = 0x9003
+_DATE_TIME = 0x0132
+
+
+def photo_facts(data: bytes) -> tuple[int | None, int | None, float | None]:
+    """(width, height, taken) from a file's header, without decoding its pixels: the size after EXIF
+    orientation, and when it was taken (EXIF DateTimeOriginal, else the EXIF DateTime; local time as
+    seconds since the epoch), None for what the file does not say or cannot be read."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        exif = img.getexif()
+    except Exception:
+        return None, None, None
+    if _orientation(img) in (5, 6, 7, 8):
+        w, h = h, w
+    taken = None
+    try:
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
+        taken = exif_time(raw) if raw else None
+    except Exception:
+        taken = None
+    return w, h, taken
+
+
+def exif_time(value) -> float | None:
+    """EXIF's 'YYYY:MM:DD HH:MM:SS' (local time, no zone) as seconds since the epoch; None when it is not a
+    real date (cameras write '0000:00:00 00:00:00' and worse)."""
+    import datetime as dt
+
+    text = value.decode("ascii", "ignore") if isinstance(value, bytes) else str(value)
+    text = text.strip("\x00 ").strip()
+    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y:%m:%d"):
+        try:
+            when = dt.datetime.strptime(text[:19] if "%H" in fmt else text[:10], fmt)
+        except ValueError:
+            continue
+        if when.year < 1900:
+            return None
+        try:
+            return when.timestamp()
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from engine.errors import ImageError, LibraryBusyError, LibraryReadOnlyError
-from engine.imaging import decode, read_file
+from engine.imaging import decode, photo_facts, read_file
 from engine.jobs import CancelToken
 from engine.library import Library
 from engine.paths import is_under, normalize_path
@@ -70,6 +70,7 @@ class _Prepared:
     image: object = None  # the decoded photo, for rerankers with a vision pass of their own
     width: int | None = None
     height: int | None = None
+    taken: float | None = None  # EXIF date taken, else the file's time (the date filter reads it)
     error: str | None = None
     same_content: bool = False  # only the file time changed
     known_content: bool = False  # the library has vectors for this content already (a move or a copy)
@@ -108,6 +109,8 @@ class Indexer:
             if known is not None and known.has_vector and known.hash == prep.content_hash:
                 prep.same_content = True
                 return prep
+            prep.width, prep.height, taken = photo_facts(data)
+            prep.taken = taken if taken is not None else entry.mtime_ns / 1e9
             if self.store.hashes_with_vectors(self.key, [prep.content_hash]):
                 prep.known_content = True
                 return prep
@@ -263,6 +266,7 @@ class Indexer:
             # Vectors and cached features of content no photo has any more.
             store.sweep_vectors()
             lib.tokens.keep_only(store.all_hashes())
+            self._fill_facts()
             cancelled = yield from self._fill_late_tokens(progress)
             if not cancelled:
                 cancelled = yield from self._fill_rerank_cache(progress)
@@ -274,6 +278,24 @@ class Indexer:
         progress.phase = "cancelled" if cancelled else "done"
         progress.messages += list(getattr(self.model, "notices", []))
         yield progress.snapshot()
+
+    def _fill_facts(self) -> None:
+        """Date taken and size of photos indexed before picsift recorded them, from the files' headers (no
+        pixels decoded; the first MB of a file holds its EXIF): what the filters need."""
+        rows = self.store.photos_missing_facts()
+        facts = []
+        for pid, path, mtime_ns in rows:
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(1 << 20)
+                w, h, taken = photo_facts(head)
+                if w is None and len(head) == 1 << 20:
+                    w, h, taken = photo_facts(read_file(path))
+            except (OSError, ImageError):
+                w = h = taken = None
+            facts.append((pid, w, h, taken if taken is not None else mtime_ns / 1e9))
+        if facts:
+            self.store.set_facts(facts)
 
     def _fill_rerank_cache(self, progress: IndexProgress) -> Iterator[IndexProgress]:
         """Photos indexed before the cascade's CE (a --rerank-model given to a library that has photos) get its
@@ -416,7 +438,8 @@ class Indexer:
                         store.move_photo(old, e.path, e.size, e.mtime_ns)
                         progress.moved += 1
                         continue
-                    pid = store.save_photo(e.path, e.size, e.mtime_ns, p.content_hash, None, None)
+                    pid = store.save_photo(e.path, e.size, e.mtime_ns, p.content_hash, p.width, p.height,
+                                           taken=p.taken)
                     vec = reused_vecs.get(p.content_hash)
                     if vec is None:
                         vec = encoding.vectors[to_embed.index(by_hash[p.content_hash])]
@@ -425,7 +448,8 @@ class Indexer:
                     progress.copies += 1
             for i, p in enumerate(to_embed):
                 e = p.entry
-                new_ids.append(store.save_photo(e.path, e.size, e.mtime_ns, p.content_hash, p.width, p.height))
+                new_ids.append(store.save_photo(e.path, e.size, e.mtime_ns, p.content_hash, p.width, p.height,
+                                                taken=p.taken))
                 new_vecs.append(encoding.vectors[i])
             if new_ids:
                 vi.remove(new_ids)  # a changed photo keeps its id: replace its vector

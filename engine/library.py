@@ -283,6 +283,34 @@ class Library:
         self.store.set_meta("cache_budget_bytes", str(int(budget_bytes)))
         return self.tokens.set_budget(budget_bytes)
 
+    # ----- recent queries -------------------------------------------------
+    RECENT_LIMIT = 50
+
+    def recent_queries(self) -> list[str]:
+        """The library's recent queries, newest first (what the search field offers)."""
+        import json
+
+        try:
+            value = json.loads(self.store.get_meta("recent_queries") or "[]")
+        except ValueError:
+            return []
+        return [q for q in value if isinstance(q, str)] if isinstance(value, list) else []
+
+    def remember_query(self, query: str) -> None:
+        """Put a query first among the recent ones (once; at most RECENT_LIMIT kept). A read-only library
+        keeps none."""
+        import json
+
+        query = " ".join(query.split())
+        if not query or self.read_only:
+            return
+        recent = [query] + [q for q in self.recent_queries() if q != query]
+        self.store.set_meta("recent_queries", json.dumps(recent[: self.RECENT_LIMIT], ensure_ascii=False))
+
+    def clear_recent_queries(self) -> None:
+        if not self.read_only:
+            self.store.set_meta("recent_queries", None)
+
     def remove_folder(self, path: str) -> int:
         """Forget a library folder and the photos no other library folder holds (files are not touched)."""
         from engine.paths import normalize_path

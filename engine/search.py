@@ -12,9 +12,11 @@ import numpy as np
 from engine.captions import DEFAULT_COLLECTION, embed_collection, read_captions, resolve_collection
 from engine.paths import DEFAULT_COLLECTION_FILE
 from engine.errors import ImageError
+from engine.filters import Filters
 from engine.imaging import open_photo
 from engine.jobs import CancelToken
 from engine.library import Library
+from engine.query import parse_query
 from engine.token_cache import format_for
 
 
@@ -37,13 +39,20 @@ class Hit:
     li_rank: int = 0  # 1-based position in the LI order of the BE's candidates; 0 without an LI stage
 
     @property
+    def match(self) -> float:
+        """How well it matches, as shown and cut off by a minimum: the CE's probability when reranked, else
+        the BE cosine."""
+        return self.rerank_score if self.rerank_score is not None else self.score
+
+    @property
     def first_rank(self) -> int:
         """Its place before the CE: the LI order when there is one, else the BE order."""
         return self.li_rank or self.be_rank
 
     def to_json(self) -> dict:
         out = {"rank": self.rank, "score": round(float(self.score), 6),
-               "rerank_score": None if self.rerank_score is None else round(float(self.rerank_score), 6)}
+               "rerank_score": None if self.rerank_score is None else round(float(self.rerank_score), 6),
+               "match": round(float(self.match), 6)}
         if self.li_rank:
             out["li_score"] = None if self.li_score is None else round(float(self.li_score), 6)
         if self.path is not None:
@@ -73,6 +82,22 @@ def order_hits(candidates: Sequence[Hit], k: int, probs: dict[int, float]) -> li
             for i, h in enumerate(ordered)]
 
 
+SORTS = ("relevance", "date")
+
+
+def arrange(hits: Sequence[Hit], library: Library, min_score: float | None = None,
+            sort: str = "relevance") -> list[Hit]:
+    """What a user sees of an order: hits whose match is below min_score hidden (the weak tail), then in
+    relevance order (as given) or newest taken first; ranks numbered again."""
+    if sort not in SORTS:
+        raise ValueError(f"sort is one of {', '.join(SORTS)}, not '{sort}'")
+    kept = [h for h in hits if min_score is None or h.match >= min_score]
+    if sort == "date":
+        taken = library.store.taken([h.id for h in kept])
+        kept = sorted(kept, key=lambda h: (taken.get(h.id) is None, -(taken.get(h.id) or 0.0), h.rank))
+    return [replace(h, rank=i + 1) for i, h in enumerate(kept)]
+
+
 def _final_hits(stream: Iterator[SearchUpdate]) -> list[Hit]:
     """The order a stream of updates ends in."""
     update = None
@@ -96,26 +121,35 @@ class Searcher:
         self._captions: dict[str, tuple] = {}  # prepared collections: (ids, texts, BE vectors)
 
     # ----- text -> photos --------------------------------------------------
-    def session(self, query: str, n: int = 20, scope: str | None = None) -> "SearchSession":
-        return SearchSession(self, query, n, scope)
+    def session(self, query: str, n: int = 20, scope: str | None = None, filters: Filters | None = None,
+                photo: str | None = None) -> "SearchSession":
+        """A query's session: words with optional terms (engine.query), filters, and a photo to start from."""
+        return SearchSession(self, query, n, scope, filters, photo)
 
     def retrieve(self, query: str, n: int = 20, scope: str | None = None) -> list[Hit]:
         """BE stage only: the top n photos by cosine."""
         return self._photos_by_vector(self.model.embed_texts([query]), n, scope)
 
-    def scope_ids(self, scope: str | None) -> list[int] | None:
-        if not scope:
-            return None
+    def scope_ids(self, scope: str | None, filters: Filters | None = None) -> list[int] | None:
+        """The photos a search may return (None: all): under scope, and passing the filters."""
         from engine.paths import normalize_path
 
-        return self.library.store.ids_under(normalize_path(scope))
+        allowed = None
+        if scope:
+            allowed = self.library.store.ids_under(normalize_path(scope))
+        if filters is not None and not filters.empty:
+            if filters.folder:
+                filters = replace(filters, folder=normalize_path(filters.folder))
+            passing = self.library.store.filter_ids(filters)
+            allowed = passing if allowed is None else sorted(set(allowed) & set(passing))
+        return allowed
 
     def _photos_by_vector(self, vec: np.ndarray, n: int, scope: str | None = None,
-                          exclude: int | None = None) -> list[Hit]:
+                          exclude: int | None = None, filters: Filters | None = None) -> list[Hit]:
         lib = self.library
         if not lib.store.model_dim(self.key):
             return []  # nothing indexed with this model yet
-        allowed = self.scope_ids(scope)
+        allowed = self.scope_ids(scope, filters)
         if allowed is not None and not allowed:
             return []
         want = n + (1 if exclude is not None else 0)
@@ -312,10 +346,15 @@ class SearchSession:
     only when k2 asks for more than it has. The window keeps a session per query and shows what it yields.
     """
 
-    def __init__(self, searcher: Searcher, query: str, n: int = 20, scope: str | None = None):
+    def __init__(self, searcher: Searcher, query: str, n: int = 20, scope: str | None = None,
+                 filters: Filters | None = None, photo: str | None = None):
         self.searcher = searcher
-        self.query = query
+        self.parsed = parse_query(query, photo)  # raises QueryError for a query with nothing to look for
+        self.query = self.parsed.positive_text  # what the CE and the LI stage read ("" for a photo alone)
         self.scope = scope
+        self.filters = filters
+        self.photo = photo
+        self._exclude: int | None = None  # the photo the query starts from, when it is in the library
         self.n = max(0, n)
         self.candidates: list[Hit] = []
         self.probs: dict[int, float] = {}
@@ -330,15 +369,15 @@ class SearchSession:
         with self._lock:
             searcher = self.searcher
             if self._vector is None:
-                self._vector = searcher.model.embed_texts([self.query])
-            late = searcher.late
+                self._vector = self._query_vector()
+            late = searcher.late if self.query else None
             if late is not None and self._late_query is None:
                 self._late_query = late.text_tokens(self.query)
                 self._retrieved_n = -1  # a session that began on a text-only model: order its candidates now
             if n > self._retrieved_n and not (self._exhausted and self._retrieved_n >= 0):
                 # BE top N for the LI stage to order, of which the first n are kept
                 want = max(n, searcher.li_candidates) if late is not None else n
-                hits = searcher._photos_by_vector(self._vector, want, self.scope)
+                hits = searcher._photos_by_vector(self._vector, want, self.scope, self._exclude, self.filters)
                 self._exhausted = len(hits) < want
                 if late is not None:
                     hits = searcher.late_order(self._late_query, hits)
@@ -346,7 +385,21 @@ class SearchSession:
                 self._retrieved_n = n
             return self.candidates
 
+    def _query_vector(self) -> np.ndarray:
+        """The BE vector of the query: its text's, or the weighted sum of its terms' and its photo's."""
+        q, model = self.parsed, self.searcher.model
+        if q.plain:
+            return model.embed_texts([q.terms[0].text])
+        texts = [t.text for t in q.terms]
+        vecs = model.embed_texts(texts) if texts else np.zeros((0, model.dim), np.float32)
+        photo_vec = None
+        if q.photo is not None:
+            photo_vec, _, self._exclude = self.searcher.encode_photo(q.photo)
+        return q.combine(vecs, photo_vec)
+
     def stream(self, k: int, cancel: CancelToken | None = None) -> Iterator[SearchUpdate]:
+        if not self.query:
+            k = 0  # a photo without words: nothing for the CE to read
         self.n = max(self.n, k)
         candidates = self.retrieve(self.n)
         return self.searcher._rerank(candidates, k, lambda chunk: self.searcher.score_photos(self.query, chunk),

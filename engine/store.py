@@ -190,6 +190,7 @@ class Store:
         if version == SCHEMA_VERSION:
             if not self.read_only:
                 self._create_late_table()
+                self._add_taken_column()
             return
         if self.read_only:
             raise LibraryReadOnlyError(f"The library {self.path.parent} was written by an older picsift and must be "
@@ -200,6 +201,7 @@ class Store:
             if version < 2:
                 self._upgrade_to_v2(fresh=version == 0)
             self._create_late_table()
+            self._add_taken_column()
             self.set_meta("schema_version", str(SCHEMA_VERSION))
             if self.get_meta("generation") is None:
                 self.set_meta("generation", "0")
@@ -229,6 +231,16 @@ class Store:
         self._exec("CREATE TABLE IF NOT EXISTS late_tokens (stage TEXT NOT NULL, hash TEXT NOT NULL, "
                    "tokens BLOB NOT NULL)")
         self._exec("CREATE UNIQUE INDEX IF NOT EXISTS late_tokens_key ON late_tokens(stage, hash)")
+
+    def _add_taken_column(self) -> None:
+        """When each photo was taken (EXIF DateTimeOriginal, else the file's time; seconds since the epoch),
+        for the date filter. Added to schema 2 like the LI tokens: an older picsift ignores the column, and
+        indexing fills it in for photos indexed before it existed."""
+        if "taken" not in self._columns("photos"):
+            self._exec("ALTER TABLE photos ADD COLUMN taken REAL")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self._rows(f"PRAGMA table_info({table})")}
 
     def _upgrade_to_v2(self, fresh: bool) -> None:
         """Vectors move out of the photo and caption rows into tables keyed by model stage; a v1 library's
@@ -377,19 +389,72 @@ class Store:
         return self._rows("SELECT id, path FROM photos WHERE hash = ?", (content_hash,))
 
     def save_photo(self, path: str, size: int, mtime_ns: int, content_hash: str | None, width: int | None,
-                   height: int | None, error: str | None = None) -> int:
+                   height: int | None, error: str | None = None, taken: float | None = None) -> int:
         """Insert or replace the record of a file; returns its row id (kept when the path was known)."""
         status = ERROR if error else OK
         with self.batch():
             rows = self._rows(
-                "INSERT INTO photos(path, size, mtime_ns, hash, width, height, status, error, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                "INSERT INTO photos(path, size, mtime_ns, hash, width, height, status, error, updated_at, taken) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
                 "mtime_ns = excluded.mtime_ns, hash = excluded.hash, width = coalesce(excluded.width, width), "
                 "height = coalesce(excluded.height, height), status = excluded.status, error = excluded.error, "
-                "updated_at = excluded.updated_at RETURNING id",
-                (path, size, mtime_ns, content_hash, width, height, status, error, time.time()),
+                "updated_at = excluded.updated_at, taken = coalesce(excluded.taken, taken) RETURNING id",
+                (path, size, mtime_ns, content_hash, width, height, status, error, time.time(), taken),
             )
         return rows[0][0]
+
+    # ----- what filters read ------------------------------------------------
+    def photos_missing_facts(self, limit: int = 10_000) -> list[tuple[int, str, int]]:
+        """(id, path, mtime_ns) of readable photos without a date taken or a size (indexed before picsift
+        recorded them, or copies whose pixels were never decoded)."""
+        if "taken" not in self._columns("photos"):
+            return []
+        return self._rows("SELECT id, path, mtime_ns FROM photos WHERE status = ? AND (taken IS NULL OR width IS NULL "
+                          "OR height IS NULL) LIMIT ?", (OK, limit))
+
+    def set_facts(self, rows: Sequence[tuple[int, int | None, int | None, float | None]]) -> None:
+        """(id, width, height, taken) of photos; a None keeps what is there."""
+        with self.batch():
+            self._many("UPDATE photos SET width = coalesce(?, width), height = coalesce(?, height), "
+                                  "taken = coalesce(?, taken) WHERE id = ?", [(w, h, t, i) for i, w, h, t in rows])
+
+    def filter_ids(self, filters) -> list[int]:
+        """Ids of readable photos that pass a search's filters (engine.filters.Filters)."""
+        where, args = ["status = ?"], [OK]
+        if filters.folder:
+            lo, hi = folder_bounds(filters.folder)
+            where.append("path >= ? AND path < ?")
+            args += [lo, hi]
+        if filters.taken_from is not None or filters.taken_to is not None:
+            if "taken" not in self._columns("photos"):
+                return []  # a read-only library written before dates were kept
+            if filters.taken_from is not None:
+                where.append("taken >= ?")
+                args.append(filters.taken_from)
+            if filters.taken_to is not None:
+                where.append("taken < ?")
+                args.append(filters.taken_to)
+        if filters.types:
+            where.append("(" + " OR ".join("lower(path) LIKE ?" for _ in filters.types) + ")")
+            args += [f"%.{t}" for t in filters.types]
+        if filters.orientation:
+            # square: sides within 2% of each other
+            sql = {"landscape": "width > height * 1.02", "portrait": "height > width * 1.02",
+                   "square": "width <= height * 1.02 AND height <= width * 1.02"}[filters.orientation]
+            where.append(f"width IS NOT NULL AND height IS NOT NULL AND {sql}")
+        return [r[0] for r in self._rows(f"SELECT id FROM photos WHERE {' AND '.join(where)}", tuple(args))]
+
+    def taken(self, ids: Sequence[int]) -> dict[int, float | None]:
+        """When each photo was taken, by id."""
+        out: dict[int, float | None] = {}
+        if "taken" not in self._columns("photos"):
+            return {i: None for i in ids}
+        ids = list(ids)
+        for a in range(0, len(ids), 500):
+            chunk = ids[a:a + 500]
+            out.update(self._rows(f"SELECT id, taken FROM photos WHERE id IN ({','.join('?' * len(chunk))})",
+                                  tuple(chunk)))
+        return out
 
     def move_photo(self, photo_id: int, path: str, size: int, mtime_ns: int) -> None:
         self._exec("UPDATE photos SET path = ?, size = ?, mtime_ns = ?, updated_at = ? WHERE id = ?",

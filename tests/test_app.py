@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import threading
 
 import pytest
@@ -313,7 +314,7 @@ def test_enter_opens_a_result_and_the_context_menu_acts_on_it(qtbot, make_window
     qtbot.keyClick(window.grid, Qt.Key.Key_Return)
     assert opened == [current.path]
     actions = dict(window.hit_actions(current))
-    assert list(actions) == ["Open", "Open Folder", "Copy Path", "Copy Image", "Find Similar"]
+    assert list(actions) == ["Open", "Open Folder", "Copy Path", "Copy Image", "Find Similar", "Search From This Photo"]
     actions["Copy Path"]()
     assert QGuiApplication.clipboard().text() == current.path
     actions["Open Folder"]()
@@ -433,3 +434,51 @@ def test_window_bench_fills_a_searchable_library(library, tiny_model):
     assert library.index.ntotal == 500 and library.store.count_photos() == 500
     hits = Searcher(library, tiny_model).search("a dog", n=10, k=0)
     assert len(hits) == 10 and all(h.path.startswith("/photos/") for h in hits)
+
+
+def test_filters_min_match_sort_and_recent_searches_in_the_window(qtbot, make_window, photo_folder):
+    from engine.filters import Filters
+
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    window.k_box.setValue(3)
+    window.search.setText("a red square -circle")
+    updates = collect_updates(qtbot, window, window.run_search)
+    everything = updates[-1].hits
+    assert len(everything) == 12
+    # a file-type filter runs the search again, over the 4 JPEGs only
+    png_free = collect_updates(qtbot, window, lambda: window.filter_bar.type.setCurrentIndex(
+        window.filter_bar.type.findData("jpg")))
+    hits = png_free[-1].hits
+    assert len(hits) == 4 and all(h.path.endswith(".jpg") for h in hits)
+    assert window.current_filters() == Filters(types=("jpg", "jpeg", "jpe"))
+    window.filter_bar.type.setCurrentIndex(0)
+    qtbot.waitUntil(lambda: window.results.rowCount() == 12, timeout=30_000)
+    qtbot.waitUntil(lambda: window.controller._last is not None and window.controller._last[1].done, timeout=30_000)
+    # the minimum match hides weak hits without a new search; clearing it shows them again
+    last = window.controller._last[1].hits
+    cut = sorted(h.match for h in last)[-4]
+    window.filter_bar.min_match.setValue(math.floor(cut * 100) / 100)  # the spin box keeps 2 decimals
+    shown = [window.results.hit_at(window.results.index(r)) for r in range(window.results.rowCount())]
+    assert shown and len(shown) < 12 and all(h.match >= window.filter_bar.min_score for h in shown)
+    window.filter_bar.min_match.setValue(0.0)
+    assert window.results.rowCount() == 12
+    # recent searches are offered in the search field and can be cleared
+    assert window.recent.stringList()[0] == "a red square -circle"
+    window.clear_recent()
+    assert window.recent.stringList() == [] and window.controller.library.recent_queries() == []
+
+
+def test_a_search_can_start_from_a_photo_in_the_window(qtbot, make_window, photo_folder):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    window.k_box.setValue(2)
+    start = sorted(str(p) for p in photo_folder.rglob("*.png"))[0]
+    window.search.setText("at night")
+    updates = collect_updates(qtbot, window, lambda: window.search_from_photo(start))
+    hits = updates[-1].hits
+    assert window.filter_bar.photo == start and window.filter_bar.photo_button.isVisible()
+    assert len(hits) == 11 and start not in {h.path for h in hits}
+    assert updates[-1].to_score == 2
+    updates = collect_updates(qtbot, window, window.filter_bar.photo_button.click)  # stop using the photo
+    assert window.filter_bar.photo is None and len(updates[-1].hits) == 12

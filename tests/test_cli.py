@@ -82,7 +82,7 @@ def test_search_reranks_exactly_the_top_k(indexed, capsys):
     assert isinstance(hits, list) and len(hits) == 5
     check_ranks(hits)
     for h in hits:
-        assert set(h) == {"rank", "path", "score", "rerank_score"}
+        assert set(h) == {"rank", "path", "score", "rerank_score", "match"}
         assert h["path"] in library_photos
     assert len({h["path"] for h in hits}) == 5
     reranked, rest = hits[:3], hits[3:]

@@ -190,7 +190,8 @@ def test_adding_an_li_head_keeps_the_library_and_fills_in_the_tokens(tiny_model,
     list(index_folders(library, tiny_model, [str(photo_folder)]))
     before = Searcher(library, tiny_model).search("a blue circle", n=5, k=3)
     assert library.status()["late_interaction"] is None
-    assert all(h.li_rank == 0 and set(h.to_json()) == {"rank", "score", "rerank_score", "path"} for h in before)
+    assert all(h.li_rank == 0 and set(h.to_json()) == {"rank", "score", "rerank_score", "match", "path"}
+               for h in before)
 
     late = load_model(str(late_model_dir), device="cpu", precision="fp32")
     assert late.be.key == tiny_model.be.key  # the head is not part of the checkpoint's identity
