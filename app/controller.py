@@ -35,6 +35,9 @@ class Controller(QObject):
     libraryChanged = Signal()
     notice = Signal(str)  # something the user should read, not an error
     maintenanceDone = Signal(str)  # a folder removal or cache trim finished (its summary, may be empty)
+    duplicatesReady = Signal(object)  # list of engine.duplicates.Group
+    duplicatesFailed = Signal(str)
+    trashed = Signal(object)  # engine.duplicates.TrashResult
 
     def __init__(self, library: Library, model_id: str | None, device: str = "auto", precision: str = "auto",
                  parent: QObject | None = None):
@@ -268,6 +271,29 @@ class Controller(QObject):
             return f"Removed {path} ({count} photos) from the library."
 
         self._maintain(job)
+
+    # ----- duplicates ---------------------------------------------------------
+    def find_duplicates(self) -> None:
+        """Groups of duplicates on a worker (it reads the photos' headers); `duplicatesReady` gives them."""
+        from engine.duplicates import find_duplicates
+
+        library = self.library
+        thread = self._start(call_generator(lambda: find_duplicates(library)), "picsift-duplicates")
+        thread.record.connect(self.duplicatesReady)
+        thread.failed.connect(self.duplicatesFailed)
+
+    def trash(self, paths: list[str]) -> None:
+        """Move photos the user chose to the system trash and out of the library, on a worker."""
+        from engine.duplicates import trash
+
+        library = self.library
+        thread = self._start(call_generator(lambda: trash(library, paths)), "picsift-trash")
+        thread.record.connect(self._on_trashed)
+        thread.failed.connect(self.duplicatesFailed)
+
+    def _on_trashed(self, result) -> None:
+        self.libraryChanged.emit()
+        self.trashed.emit(result)
 
     def set_cache_budget(self, budget_bytes: int) -> None:
         """Keep a new rerank-cache budget; trimming a large cache runs on a worker."""

@@ -188,6 +188,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit, triggered=self.close))
         lib = self.menuBar().addMenu("&Library")
         lib.addAction(QAction("&Rescan All Folders", self, shortcut=QKeySequence("F5"), triggered=self.rescan))
+        lib.addAction(QAction("Find &Duplicates…", self, triggered=self.show_duplicates))
         self.folders_menu = lib.addMenu("&Folders")
         self.folders_menu.aboutToShow.connect(self._fill_folders_menu)
         edit = self.menuBar().addMenu("&Edit")
@@ -196,6 +197,15 @@ class MainWindow(QMainWindow):
         edit.addAction(QAction("&Cancel Running Work", self, triggered=self.cancel_work))
         edit.addSeparator()
         edit.addAction(QAction("&Preferences…", self, triggered=self.edit_preferences))
+
+    def show_duplicates(self):
+        """The duplicates view (a dialog over the window); returns it."""
+        from app.duplicates import DuplicatesDialog
+
+        dialog = DuplicatesDialog(self.controller, self.loader, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
 
     def _fill_folders_menu(self) -> None:
         self.folders_menu.clear()

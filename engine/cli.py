@@ -135,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with a model that has a late-interaction (LI) head: the BE's top N that the LI stage "
                             "orders before the CE reranks the top k (default 200; 0 = no LI stage)")
 
+    p = sub.add_parser("duplicates", parents=[common],
+                       help="groups of exact and near-duplicate photos, largest groups first (nothing is deleted)")
+    p.add_argument("--threshold", type=float, default=0.95, metavar="COS",
+                   help="BE cosine at or above which two photos are near-duplicate candidates (default 0.95)")
+    p.add_argument("--hamming", type=non_negative_int, default=10, metavar="BITS",
+                   help="the perceptual hashes of a near-duplicate pair differ in at most this many of 64 bits "
+                        "(default 10)")
+
+    p = sub.add_parser("trash", parents=[common],
+                       help="move photos to the system trash (never a permanent delete) and out of the library")
+    p.add_argument("paths", nargs="+", metavar="PHOTO")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
     p = sub.add_parser("recent", parents=[common], help="the library's recent queries, newest first")
     p.add_argument("--clear", action="store_true", help="forget them")
 
@@ -485,6 +498,54 @@ def _search_filters(args):
     return None if f.empty else f
 
 
+def cmd_duplicates(s: Session) -> int:
+    from engine.duplicates import find_duplicates
+
+    args = s.args
+    if not 0.0 < args.threshold <= 1.0:
+        raise PicsiftError("--threshold is a cosine between 0 and 1.")
+    groups = find_duplicates(s.library, cosine=args.threshold, max_hamming=args.hamming)
+    if args.json:
+        print(json.dumps([g.to_json() for g in groups], ensure_ascii=False))
+        return EXIT_OK
+    if not groups:
+        print("No duplicates found.")
+        return EXIT_OK
+    extra = sum(len(g.members) - 1 for g in groups)
+    print(f"{len(groups)} group(s) of duplicates; {extra} photo(s) beyond the first of each. The first of a "
+          "group has the most pixels (then the largest file, then the oldest date).")
+    for n, g in enumerate(groups, 1):
+        print(f"\n{n}. {'exact copies' if g.exact else 'near-duplicates'}, {len(g.members)} photos")
+        for m in g.members:
+            size = f"{m.width}x{m.height}" if m.width and m.height else "size unknown"
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.taken)) if m.taken else "date unknown"
+            print(f"   {format_size(m.size):>9}  {size:>11}  {when}  {shown(m.path)}")
+    print("\nMove the ones you do not want to the trash with: picsift trash PHOTO...")
+    return EXIT_OK
+
+
+def cmd_trash(s: Session) -> int:
+    from engine.duplicates import trash
+
+    args = s.args
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise PicsiftError("Give --yes to move photos to the trash without a terminal to confirm in.")
+        answer = input(f"Move {len(args.paths)} photo(s) to the trash and out of the library? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing moved.")
+            return EXIT_OK
+    result = trash(s.library, args.paths)
+    if args.json:
+        print(json.dumps({"moved": result.moved, "failed": [{"path": p, "reason": r} for p, r in result.failed]},
+                         ensure_ascii=False))
+    else:
+        print(f"{len(result.moved)} photo(s) moved to the trash and out of the library.")
+        for p, why in result.failed:
+            print(f"Not moved: {shown(p)}: {why}", file=sys.stderr)
+    return EXIT_ERROR if result.failed else EXIT_OK
+
+
 def cmd_recent(s: Session) -> int:
     if s.args.clear:
         s.library.clear_recent_queries()
@@ -675,7 +736,8 @@ def cmd_bench(s: Session) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "recent": cmd_recent, "captions": cmd_captions, "similar": cmd_similar,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "recent": cmd_recent, "duplicates": cmd_duplicates,
+            "trash": cmd_trash, "captions": cmd_captions, "similar": cmd_similar,
             "status": cmd_status, "bench": cmd_bench, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
 
 

@@ -8,7 +8,7 @@ import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from engine.errors import LibraryError, ModelMismatchError
 from engine.store import LEGACY_PREFIX, Store
@@ -282,6 +282,20 @@ class Library:
         """Keep a new rerank-cache budget with the library; returns how many cached photos it dropped."""
         self.store.set_meta("cache_budget_bytes", str(int(budget_bytes)))
         return self.tokens.set_budget(budget_bytes)
+
+    def forget_paths(self, paths: Sequence[str]) -> int:
+        """Take photos out of the library by path (files moved to the trash): rows, vectors and cached
+        features of content no other photo has; returns how many rows went."""
+        key = self.store.be_key
+        with self.write_lock("picsift: removing photos").acquire(timeout=60), self.changing(key) as vi:
+            ids = [row.id for row in (self.store.photo(p) for p in paths) if row is not None]
+            self.store.delete_photos(ids)
+            if vi is not None:
+                vi.remove(ids)
+            self.store.sweep_vectors()
+        self.tokens.keep_only(self.store.all_hashes())
+        self.save_index(key)
+        return len(ids)
 
     # ----- recent queries -------------------------------------------------
     RECENT_LIMIT = 50

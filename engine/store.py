@@ -444,6 +444,12 @@ class Store:
             where.append(f"width IS NOT NULL AND height IS NOT NULL AND {sql}")
         return [r[0] for r in self._rows(f"SELECT id FROM photos WHERE {' AND '.join(where)}", tuple(args))]
 
+    def photo_details(self) -> list[tuple]:
+        """(id, path, size, width, height, taken, hash) of every readable photo (the duplicate finder)."""
+        taken = "taken" if "taken" in self._columns("photos") else "NULL"
+        return self._rows(f"SELECT id, path, size, width, height, {taken}, hash FROM photos "
+                          "WHERE status = ? AND hash IS NOT NULL ORDER BY id", (OK,))
+
     def taken(self, ids: Sequence[int]) -> dict[int, float | None]:
         """When each photo was taken, by id."""
         out: dict[int, float | None] = {}

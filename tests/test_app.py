@@ -482,3 +482,41 @@ def test_a_search_can_start_from_a_photo_in_the_window(qtbot, make_window, photo
     assert updates[-1].to_score == 2
     updates = collect_updates(qtbot, window, window.filter_bar.photo_button.click)  # stop using the photo
     assert window.filter_bar.photo is None and len(updates[-1].hits) == 12
+
+
+def test_the_duplicates_view_moves_the_checked_photos_to_the_trash(qtbot, make_window, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import send2trash.plat_other as plat
+
+    data = tmp_path / "trash-data"
+    data.mkdir()
+    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(data))
+    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(data / "Trash"))
+    monkeypatch.setattr(plat, "HOMETRASH", str(data / "Trash"))
+    root = tmp_path / "dups"
+    a = make_photo(root / "a.jpg", seed=1, size=(96, 80))
+    shutil.copy(a, root / "a-copy.jpg")
+    for i in range(3):
+        make_photo(root / f"other{i}.png", seed=20 + i)
+    window = make_window()
+    index_and_wait(qtbot, window, [root])
+    with qtbot.waitSignal(window.controller.duplicatesReady, timeout=30_000):
+        dialog = window.show_duplicates()
+    assert dialog.tree.topLevelItemCount() == 1 and dialog.tree.topLevelItem(0).childCount() == 2
+    assert "Exact copies" in dialog.tree.topLevelItem(0).text(0)
+    assert not dialog.trash_button.isEnabled()
+    dialog.check_all_but_first()
+    doomed = dialog.checked()
+    assert len(doomed) == 1 and dialog.trash_button.text() == "Move 1 Checked to Trash…"
+    monkeypatch.setattr(dialog, "confirm", lambda paths: False)
+    dialog.trash_checked()  # declined: nothing moves
+    assert os.path.exists(doomed[0])
+    monkeypatch.setattr(dialog, "confirm", lambda paths: True)
+    with qtbot.waitSignal(window.controller.duplicatesReady, timeout=30_000):  # the view looks again after
+        dialog.trash_checked()
+    assert not os.path.exists(doomed[0]) and (data / "Trash" / "files" / os.path.basename(doomed[0])).exists()
+    assert dialog.tree.topLevelItemCount() == 0 and "1 photo(s) moved to the trash" in dialog.state.text()
+    qtbot.waitUntil(lambda: window.size_label.text().startswith("4 photos"), timeout=10_000)
+    dialog.close()
