@@ -272,6 +272,20 @@ class Controller(QObject):
 
         self._maintain(job)
 
+    # ----- excluded folders ------------------------------------------------------
+    def exclude_folder(self, path: str) -> None:
+        """Stop indexing a folder and forget its photos, on a worker; `maintenanceDone` reports it."""
+        library = self.library
+
+        def job() -> str:
+            count = library.exclude_folder(path)
+            return f"Excluded {path}: {count} photos left the library (the files are untouched)."
+
+        self._maintain(job)
+
+    def include_folder(self, path: str) -> bool:
+        return self.library.include_folder(path)
+
     # ----- duplicates ---------------------------------------------------------
     def find_duplicates(self) -> None:
         """Groups of duplicates on a worker (it reads the photos' headers); `duplicatesReady` gives them."""

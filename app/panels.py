@@ -8,7 +8,7 @@ import os
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar,
+    QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel, QListView, QListWidget, QListWidgetItem, QProgressBar,
     QPushButton, QSplitter, QToolButton, QVBoxLayout, QWidget,
 )
 
@@ -271,3 +271,52 @@ class DropPanel(QWidget):
                                                          f", CE probability {h.rerank_score:.3f}"))
             self.captions.addItem(item)
         self.state.setText("" if update.done else f"Reranking {update.scored} of {update.to_score}…")
+
+
+class ExcludedDialog(QDialog):
+    """Library ▸ Excluded Folders: folders indexing does not walk, besides the built-in junk list. Excluding
+    one forgets its photos (the files are untouched); including it again indexes it at the next rescan."""
+
+    def __init__(self, controller, parent=None):
+        super().__init__(parent)
+        self.controller = controller
+        self.setWindowTitle("Excluded Folders")
+        self.resize(560, 340)
+        self.list = QListWidget()
+        self.add_button = QPushButton("Exclude a Folder…")
+        self.add_button.clicked.connect(self.choose)
+        self.remove_button = QPushButton("Include Again")
+        self.remove_button.clicked.connect(self.include_selected)
+        close = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        close.rejected.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.remove_button)
+        buttons.addStretch(1)
+        buttons.addWidget(close)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Photos under these folders are not indexed (nor under hidden folders and "
+                                "system folders such as @eaDir or $RECYCLE.BIN)."))
+        layout.addWidget(self.list, 1)
+        layout.addLayout(buttons)
+        controller.maintenanceDone.connect(lambda _msg: self.refresh())
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.list.clear()
+        for path in self.controller.library.excluded_folders():
+            self.list.addItem(path)
+        self.remove_button.setEnabled(self.list.count() > 0)
+
+    def choose(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Exclude a folder from the library")
+        if folder:
+            self.exclude(folder)
+
+    def exclude(self, folder: str) -> None:
+        self.controller.exclude_folder(folder)
+
+    def include_selected(self) -> None:
+        item = self.list.currentItem() or self.list.item(0)
+        if item is not None and self.controller.include_folder(item.text()):
+            self.refresh()

@@ -189,6 +189,7 @@ class MainWindow(QMainWindow):
         lib = self.menuBar().addMenu("&Library")
         lib.addAction(QAction("&Rescan All Folders", self, shortcut=QKeySequence("F5"), triggered=self.rescan))
         lib.addAction(QAction("Find &Duplicates…", self, triggered=self.show_duplicates))
+        lib.addAction(QAction("&Excluded Folders…", self, triggered=self.edit_excluded))
         self.folders_menu = lib.addMenu("&Folders")
         self.folders_menu.aboutToShow.connect(self._fill_folders_menu)
         edit = self.menuBar().addMenu("&Edit")
@@ -203,6 +204,15 @@ class MainWindow(QMainWindow):
         from app.duplicates import DuplicatesDialog
 
         dialog = DuplicatesDialog(self.controller, self.loader, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
+
+    def edit_excluded(self):
+        """The excluded-folders list (a dialog over the window); returns it."""
+        from app.panels import ExcludedDialog
+
+        dialog = ExcludedDialog(self.controller, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()
         return dialog

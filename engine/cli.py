@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PHOTO")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    p = sub.add_parser("folders", parents=[common], help="the library's folders and excluded folders")
+    p.add_argument("action", nargs="?", choices=["list", "exclude", "include"], default="list",
+                   help="list (default); exclude PATH: stop indexing it and forget its photos (files untouched); "
+                        "include PATH: index it again from the next index")
+    p.add_argument("path", nargs="?", metavar="PATH")
+
     p = sub.add_parser("recent", parents=[common], help="the library's recent queries, newest first")
     p.add_argument("--clear", action="store_true", help="forget them")
 
@@ -546,6 +552,29 @@ def cmd_trash(s: Session) -> int:
     return EXIT_ERROR if result.failed else EXIT_OK
 
 
+def cmd_folders(s: Session) -> int:
+    args = s.args
+    lib = s.library
+    if args.action != "list" and not args.path:
+        raise PicsiftError(f"picsift folders {args.action} needs a folder: picsift folders {args.action} PATH")
+    if args.action == "exclude":
+        gone = lib.exclude_folder(args.path)
+        _say(args, f"Excluded {shown(args.path)}: {gone} photo(s) left the library (the files are untouched). "
+                   "'picsift folders include' undoes it.")
+    elif args.action == "include":
+        if not lib.include_folder(args.path):
+            raise PicsiftError(f"{args.path} is not an excluded folder.")
+        _say(args, f"{shown(args.path)} is indexed again from the next 'picsift index'.")
+    folders, excluded = lib.store.folders(), lib.excluded_folders()
+    if args.json:
+        print(json.dumps({"folders": folders, "excluded": excluded}, ensure_ascii=False))
+    elif args.action == "list":
+        print("\n".join(f"Folder:   {shown(f)}" for f in folders) or "No folders yet.")
+        for f in excluded:
+            print(f"Excluded: {shown(f)}")
+    return EXIT_OK
+
+
 def cmd_recent(s: Session) -> int:
     if s.args.clear:
         s.library.clear_recent_queries()
@@ -736,7 +765,7 @@ def cmd_bench(s: Session) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "recent": cmd_recent, "duplicates": cmd_duplicates,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "recent": cmd_recent, "duplicates": cmd_duplicates, "folders": cmd_folders,
             "trash": cmd_trash, "captions": cmd_captions, "similar": cmd_similar,
             "status": cmd_status, "bench": cmd_bench, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
 

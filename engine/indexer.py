@@ -166,6 +166,7 @@ class Indexer:
         gone: list = []  # rows whose file was not found by the walk: deleted, or moved elsewhere
         seen: set[str] = set()  # across folders: a photo in nested library folders is one photo
         roots = [normalize_path(f) for f in folders]
+        excluded = frozenset(lib.excluded_folders())
         for root in roots:
             problem = folder_problem(root)
             if problem:
@@ -174,9 +175,13 @@ class Indexer:
                     "." if found else ". Nothing under it was changed in the library."))
                 continue
             store.add_folder(root)
+            if any(root == e or is_under(root, e, case_sensitive=True) for e in excluded):
+                progress.messages.append(f"{root} is an excluded folder: not indexed ('picsift folders include' "
+                                         "undoes it).")
+                continue
             if any(is_under(root, r, case_sensitive=True) for r in roots if os.path.isdir(r)):
                 continue  # inside another folder of this run: walked with it
-            result = scan(root)
+            result = scan(root, excluded)
             rows = store.photos_under(root, self.key)
             walked = set()
             for entry in result.files:

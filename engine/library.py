@@ -297,6 +297,54 @@ class Library:
         self.save_index(key)
         return len(ids)
 
+    # ----- excluded folders -------------------------------------------------
+    def excluded_folders(self) -> list[str]:
+        """Folders indexing does not walk (besides the built-in junk list), as the user gave them."""
+        import json
+
+        try:
+            value = json.loads(self.store.get_meta("excluded_folders") or "[]")
+        except ValueError:
+            return []
+        return [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
+
+    def exclude_folder(self, path: str) -> int:
+        """Stop indexing a folder: it joins the excluded list and the photos under it leave the library
+        (the files are not touched). Returns how many photos left."""
+        import json
+
+        from engine.paths import normalize_path
+
+        folder = normalize_path(path)
+        excluded = self.excluded_folders()
+        key = self.store.be_key
+        with self.write_lock("picsift: excluding a folder").acquire(timeout=60), self.changing(key) as vi:
+            if folder not in excluded:
+                self.store.set_meta("excluded_folders", json.dumps(excluded + [folder], ensure_ascii=False))
+            ids = self.store.ids_under(folder)
+            self.store.delete_photos(ids)
+            if vi is not None:
+                vi.remove(ids)
+            self.store.sweep_vectors()
+        self.tokens.keep_only(self.store.all_hashes())
+        self.save_index(key)
+        return len(ids)
+
+    def include_folder(self, path: str) -> bool:
+        """Take a folder off the excluded list (the next index walks it again); False when it was not there."""
+        import json
+
+        from engine.paths import normalize_path
+
+        folder = normalize_path(path)
+        excluded = self.excluded_folders()
+        if folder not in excluded:
+            return False
+        self.store.set_meta("excluded_folders",
+                            json.dumps([p for p in excluded if p != folder], ensure_ascii=False) if len(excluded) > 1
+                            else None)
+        return True
+
     # ----- recent queries -------------------------------------------------
     RECENT_LIMIT = 50
 

@@ -48,8 +48,9 @@ def _skip_dir(name: str) -> bool:
     return name.startswith(".") or name in JUNK_DIRS
 
 
-def scan(root: str) -> ScanResult:
-    """Recursively list supported photo files under root, following folder links once each."""
+def scan(root: str, exclude: frozenset[str] | set[str] = frozenset()) -> ScanResult:
+    """Recursively list supported photo files under root, following folder links once each; folders whose
+    path is in `exclude` (the library's excluded folders, normalised) are not walked."""
     result = ScanResult()
     root = os.path.abspath(root)
     seen: set[tuple[int, int]] = set()
@@ -74,7 +75,7 @@ def scan(root: str) -> ScanResult:
             name = entry.name
             try:
                 if entry.is_dir(follow_symlinks=True):
-                    if not _skip_dir(name):
+                    if not _skip_dir(name) and not (exclude and _normal(entry.path) in exclude):
                         subdirs.append(entry.path)
                     continue
             except OSError:
@@ -91,6 +92,12 @@ def scan(root: str) -> ScanResult:
             result.files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
         stack.extend(reversed(subdirs))
     return result
+
+
+def _normal(path: str) -> str:
+    from engine.paths import normalize_path
+
+    return normalize_path(path)
 
 
 def _is_regular(mode: int) -> bool:

@@ -520,3 +520,18 @@ def test_the_duplicates_view_moves_the_checked_photos_to_the_trash(qtbot, make_w
     assert dialog.tree.topLevelItemCount() == 0 and "1 photo(s) moved to the trash" in dialog.state.text()
     qtbot.waitUntil(lambda: window.size_label.text().startswith("4 photos"), timeout=10_000)
     dialog.close()
+
+
+def test_excluded_folders_can_be_edited_in_the_window(qtbot, make_window, photo_folder):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    dialog = window.edit_excluded()
+    assert dialog.list.count() == 0 and not dialog.remove_button.isEnabled()
+    with qtbot.waitSignal(window.controller.maintenanceDone, timeout=30_000):
+        dialog.exclude(str(photo_folder / "trips"))
+    assert [dialog.list.item(i).text() for i in range(dialog.list.count())] == [str(photo_folder / "trips")]
+    qtbot.waitUntil(lambda: window.size_label.text().startswith("6 photos"), timeout=10_000)
+    dialog.list.setCurrentRow(0)
+    dialog.include_selected()
+    assert dialog.list.count() == 0 and window.controller.library.excluded_folders() == []
+    dialog.close()

@@ -363,3 +363,42 @@ def test_a_new_reranker_gets_the_features_of_photos_indexed_before_it_while_the_
     # A later run finds no room and no work: it does not encode photos only to throw them away.
     again = list(index_folders(library, sep, [str(photo_folder)]))
     assert not [r for r in again if r.phase == "caching"]
+
+
+def test_excluded_folders_leave_the_library_and_are_not_walked_until_included(library, tiny_model, photo_folder):
+    list(index_folders(library, tiny_model, [str(photo_folder)]))
+    assert library.store.count_photos() == 12
+    trips = str(photo_folder / "trips")
+    gone = library.exclude_folder(trips)
+    assert gone == 6 and library.store.count_photos() == 6
+    assert all(os.path.exists(p) for p in map(str, (photo_folder / "trips").iterdir()))  # files untouched
+    assert library.excluded_folders() == [trips]
+    records = list(index_folders(library, tiny_model, [str(photo_folder)]))
+    assert records[-1].embedded == 0 and library.store.count_photos() == 6
+    from engine.search import Searcher
+
+    hits = Searcher(library, tiny_model).search("a photo", n=12, k=0)
+    assert len(hits) == 6 and not any("/trips/" in h.path for h in hits)
+    # indexing the excluded folder itself says so and indexes nothing
+    records = list(index_folders(library, tiny_model, [trips]))
+    assert any("excluded folder" in m for r in records for m in r.messages)
+    assert library.include_folder(trips) and not library.include_folder(trips)
+    records = list(index_folders(library, tiny_model, [str(photo_folder)]))
+    assert library.store.count_photos() == 12 and records[-1].embedded == 6  # they left: embedded again
+
+
+def test_folders_command_lists_excludes_and_includes(tiny_model_dir, photo_folder, tmp_path, capsys, _isolated_home):
+    import json
+
+    from engine.cli import main
+
+    lib = str(tmp_path / "lib")
+    assert main(["index", str(photo_folder), "--library", lib, "--model", str(tiny_model_dir), "-q"]) == 0
+    assert main(["folders", "exclude", str(photo_folder / "home"), "--library", lib]) == 0
+    assert "6 photo(s) left the library" in capsys.readouterr().err
+    assert main(["folders", "--library", lib, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"folders": [str(photo_folder)],
+                                                   "excluded": [str(photo_folder / "home")]}
+    assert main(["folders", "include", str(photo_folder / "trips"), "--library", lib]) == 1
+    assert "not an excluded folder" in capsys.readouterr().err
+    assert main(["folders", "exclude", "--library", lib]) == 1
