@@ -38,6 +38,7 @@ class Controller(QObject):
     duplicatesReady = Signal(object)  # list of engine.duplicates.Group
     duplicatesFailed = Signal(str)
     trashed = Signal(object)  # engine.duplicates.TrashResult
+    foldersChanged = Signal(object)  # library folders whose photos changed on disk (from the watcher's thread)
 
     def __init__(self, library: Library, model_id: str | None, device: str = "auto", precision: str = "auto",
                  parent: QObject | None = None):
@@ -57,6 +58,9 @@ class Controller(QObject):
         self.min_score: float | None = None  # what the user sees of the order: weak hits hidden,
         self.sort = "relevance"  # and the order (engine.search.arrange)
         self._last: tuple[int, SearchUpdate] | None = None  # the last update, to arrange again
+        self.watcher = None  # engine.watch.FolderWatcher over the library's folders, once the model is ready
+        self._changed: set[str] = set()  # folders that changed while an indexing run was busy
+        self.foldersChanged.connect(self._on_folders_changed)  # queued: the watcher calls from its thread
 
     # ----- threads -------------------------------------------------------
     def _start(self, make, name: str) -> GeneratorThread:
@@ -68,6 +72,9 @@ class Controller(QObject):
 
     def shutdown(self, timeout_ms: int = 30000) -> None:
         """Cancel everything and wait for the workers (what is committed stays committed)."""
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         for t in list(self._threads):
             t.cancel()
         for t in list(self._threads):
@@ -106,6 +113,27 @@ class Controller(QObject):
                              f"rescan it (F5) to embed its photos with the new one.{keeps}")
             return
         self.modelReady.emit(model.describe_device())
+        self.watch_folders()
+
+    # ----- a library that keeps itself current ----------------------------------
+    def watch_folders(self) -> None:
+        """Watch the library's folders (again, after they changed): new, changed, moved and deleted photos are
+        indexed without a rescan, debounced and batched (engine.watch)."""
+        from engine.watch import FolderWatcher
+
+        if self.watcher is None:
+            self.watcher = FolderWatcher(self.foldersChanged.emit)
+        for problem in self.watcher.watch(self.library.store.folders(), self.library.excluded_folders()):
+            self.notice.emit(problem[0].upper() + problem[1:] + ".")
+
+    def _on_folders_changed(self, folders) -> None:
+        folders = [f for f in folders if f in set(self.library.store.folders())]
+        if not folders:
+            return
+        if self.indexing or self.model is None or self.searcher is None:
+            self._changed.update(folders)  # indexed when the running job is done
+            return
+        self.index(folders)
 
     @property
     def ready(self) -> bool:
@@ -248,6 +276,11 @@ class Controller(QObject):
                 pass  # a cancelled run: the model in use keeps serving search
         self.libraryChanged.emit()
         self.indexFinished.emit(completed)
+        if self.model is not None and self.searcher is not None:
+            self.watch_folders()  # a run may have added folders
+            if self._changed:
+                changed, self._changed = sorted(self._changed), set()
+                self._on_folders_changed(changed)
 
     @property
     def indexing(self) -> bool:
@@ -325,5 +358,7 @@ class Controller(QObject):
         thread.failed.connect(self.notice)
 
     def _on_maintained(self, message: str) -> None:
+        if self.watcher is not None:
+            self.watch_folders()  # a folder was removed or excluded
         self.libraryChanged.emit()
         self.maintenanceDone.emit(message)

@@ -105,8 +105,9 @@ class MainWindow(QMainWindow):
         self.grid.setResizeMode(QListView.ResizeMode.Adjust)
         self.grid.setMovement(QListView.Movement.Static)
         self.grid.setModel(self.results)
-        self.grid.activated.connect(self.open_index)
-        self.grid.doubleClicked.connect(self.open_index)
+        # Double-click or Space: the preview inside the window; Enter: the system viewer (eventFilter)
+        self.grid.doubleClicked.connect(self.preview_index)
+        self.grid.installEventFilter(self)
         self.grid.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.grid.customContextMenuRequested.connect(lambda pos: self._context_menu(self.grid, pos))
         self.drop_panel = DropPanel(self.similar_model)
@@ -469,8 +470,36 @@ class MainWindow(QMainWindow):
         else:
             self.statusBar().showMessage("Drop a photo (JPEG, PNG, WebP, HEIC, …) or a folder.", 6000)
 
+    @staticmethod
+    def preview_dialog_type():
+        from app.preview import PreviewDialog
+
+        return PreviewDialog
+
+    def preview_index(self, index):
+        """The photo of a result shown large in the window (arrows move through the results); returns the
+        preview."""
+        from app.preview import PreviewDialog
+
+        if not index.isValid() or index.data(HitRole) is None:
+            return None
+        store = self.controller.library.store
+        dialog = PreviewDialog(self.results, index.row(), store.photo_info, self)
+        dialog.moved.connect(lambda row: self.grid.setCurrentIndex(self.results.index(row)))
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        return dialog
+
     def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
-        """Ctrl+V in the search field pastes a photo when the clipboard holds one, text otherwise."""
+        """Ctrl+V in the search field pastes a photo when the clipboard holds one, text otherwise. In the
+        results grid, Enter opens the current photo in the system viewer and Space previews it."""
+        if obj is self.grid and event.type() == QEvent.Type.KeyPress:
+            if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+                self.open_index(self.grid.currentIndex())
+                return True
+            if event.key() == Qt.Key.Key_Space:
+                self.preview_index(self.grid.currentIndex())
+                return True
         if obj is self.search and event.type() in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress) \
                 and event.matches(QKeySequence.StandardKey.Paste) and self._clipboard_has_photo():
             if event.type() == QEvent.Type.KeyPress:

@@ -450,6 +450,15 @@ class Store:
         return self._rows(f"SELECT id, path, size, width, height, {taken}, hash FROM photos "
                           "WHERE status = ? AND hash IS NOT NULL ORDER BY id", (OK,))
 
+    def photo_info(self, path: str) -> dict | None:
+        """What a preview shows of an indexed photo: bytes, width, height, when taken; None when unknown."""
+        taken = "taken" if "taken" in self._columns("photos") else "NULL"
+        rows = self._rows(f"SELECT size, width, height, {taken} FROM photos WHERE path = ?", (path,))
+        if not rows:
+            return None
+        size, w, h, t = rows[0]
+        return {"bytes": size, "width": w, "height": h, "taken": t}
+
     def taken(self, ids: Sequence[int]) -> dict[int, float | None]:
         """When each photo was taken, by id."""
         out: dict[int, float | None] = {}

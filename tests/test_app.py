@@ -535,3 +535,57 @@ def test_excluded_folders_can_be_edited_in_the_window(qtbot, make_window, photo_
     dialog.include_selected()
     assert dialog.list.count() == 0 and window.controller.library.excluded_folders() == []
     dialog.close()
+
+
+def test_space_previews_a_result_large_and_arrows_move_through_the_results(qtbot, make_window, tmp_path,
+                                                                            monkeypatch):
+    import datetime as dt
+    import os
+
+    from PySide6.QtGui import QDesktopServices
+    from test_query import _jpeg_with_date
+
+    root = tmp_path / "prev"
+    for i in range(4):
+        _jpeg_with_date(root / f"p{i}.jpg", (120, 80), f"2022:0{i + 1}:02 08:15:00", 50 + i)
+    window = make_window()
+    index_and_wait(qtbot, window, [root])
+    window.k_box.setValue(0)
+    window.search.setText("a photo")
+    collect_updates(qtbot, window, window.run_search)
+    window.grid.setFocus()
+    window.grid.setCurrentIndex(window.results.index(0))
+    qtbot.keyClick(window.grid, Qt.Key.Key_Space)
+    dialog = next(d for d in window.findChildren(type(window).preview_dialog_type()) if d.isVisible())
+    first = window.results.hit_at(window.results.index(0))
+    assert dialog.row == 0 and os.path.basename(first.path) in dialog.caption.text()
+    taken = dt.datetime.fromtimestamp(window.controller.library.store.photo_info(first.path)["taken"])
+    assert taken.strftime("%Y-%m-%d %H:%M") in dialog.caption.text() and "120 × 80" in dialog.caption.text()
+    assert str(root) in dialog.caption.text() and "result 1 of 4" in dialog.caption.text()
+    assert not dialog.image.pixmap().isNull()
+    qtbot.keyClick(dialog, Qt.Key.Key_Right)
+    assert dialog.row == 1 and window.grid.currentIndex().row() == 1  # the grid follows
+    qtbot.keyClick(dialog, Qt.Key.Key_Left)
+    qtbot.keyClick(dialog, Qt.Key.Key_Left)  # no row before the first
+    assert dialog.row == 0 and not dialog.prev_button.isEnabled()
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toLocalFile()) or True)
+    qtbot.keyClick(dialog, Qt.Key.Key_Return)
+    assert opened == [first.path]
+    dialog.close()
+
+
+def test_photos_added_and_deleted_while_the_window_is_open_are_picked_up(qtbot, make_window, photo_folder):
+    import os
+
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    assert window.controller.watcher is not None
+    with qtbot.waitSignal(window.controller.indexFinished, timeout=30_000):
+        for i in range(3):  # a burst: one indexing run
+            make_photo(photo_folder / "new" / f"n{i}.jpg", seed=100 + i)
+    qtbot.waitUntil(lambda: window.controller.library.store.count_photos() == 15, timeout=10_000)
+    with qtbot.waitSignal(window.controller.indexFinished, timeout=30_000):
+        os.remove(photo_folder / "new" / "n0.jpg")
+    qtbot.waitUntil(lambda: window.controller.library.store.count_photos() == 14, timeout=10_000)
+    assert window.size_label.text().startswith("14 photos")

@@ -1,0 +1,120 @@
+"""The photo preview inside the window: the photo large with its date, size and folder; arrows move through
+the results, Enter (or the button) opens the system viewer, Esc closes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QImageReader, QPixmap
+from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout
+
+from app.results_model import HitRole
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class PreviewDialog(QDialog):
+    """A result shown large. `row` follows the arrows; `moved(row)` tells the grid where the user is."""
+
+    moved = Signal(int)
+
+    def __init__(self, model, row: int, info, parent=None):
+        super().__init__(parent)
+        self.model, self.row, self.info = model, row, info  # info(path) -> dict | None (engine facts)
+        self.setWindowTitle("Preview")
+        self.resize(960, 760)
+        self.image = QLabel()
+        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Ignored)
+        self.image.setMinimumSize(320, 240)
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        self.caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.prev_button = QPushButton("◀ Previous")
+        self.next_button = QPushButton("Next ▶")
+        self.open_button = QPushButton("Open in Viewer")
+        self.prev_button.clicked.connect(lambda: self.go(self.row - 1))
+        self.next_button.clicked.connect(lambda: self.go(self.row + 1))
+        self.open_button.clicked.connect(self.open_external)
+        for b in (self.prev_button, self.next_button, self.open_button):
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # the arrows and Enter stay the dialog's
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.prev_button)
+        buttons.addWidget(self.next_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.open_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.image, 1)
+        layout.addWidget(self.caption)
+        layout.addLayout(buttons)
+        self._pixmap = QPixmap()
+        self.go(row)
+
+    @property
+    def hit(self):
+        return self.model.index(self.row).data(HitRole)
+
+    def go(self, row: int) -> None:
+        if not 0 <= row < self.model.rowCount():
+            return
+        self.row = row
+        hit = self.hit
+        reader = QImageReader(hit.path)
+        reader.setAutoTransform(True)  # EXIF orientation, as the thumbnails show it
+        image = reader.read()
+        self._pixmap = QPixmap.fromImage(image) if not image.isNull() else QPixmap()
+        self._show_pixmap()
+        facts = self.info(hit.path) or {}
+        parts = [f"<b>{os.path.basename(hit.path)}</b>"]
+        if facts.get("taken"):
+            parts.append("taken " + time.strftime("%Y-%m-%d %H:%M", time.localtime(facts["taken"])))
+        if facts.get("width") and facts.get("height"):
+            parts.append(f"{facts['width']} × {facts['height']}")
+        if facts.get("bytes"):
+            parts.append(_size(facts["bytes"]))
+        parts.append(os.path.dirname(hit.path))
+        match = f"match {hit.match:.2f}" + (" (reranked)" if hit.rerank_score is not None else "")
+        parts.append(f"result {row + 1} of {self.model.rowCount()}, {match}")
+        if image.isNull():
+            parts.append(f"<i>the photo cannot be shown: {reader.errorString()}</i>")
+        self.caption.setText(" · ".join(parts))
+        self.prev_button.setEnabled(row > 0)
+        self.next_button.setEnabled(row < self.model.rowCount() - 1)
+        self.setWindowTitle(f"Preview · {os.path.basename(hit.path)}")
+        self.moved.emit(row)
+
+    def _show_pixmap(self) -> None:
+        if self._pixmap.isNull():
+            self.image.setPixmap(QPixmap())
+            return
+        self.image.setPixmap(self._pixmap.scaled(self.image.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                                 Qt.TransformationMode.SmoothTransformation))
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self._show_pixmap()
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Left/Right: the previous or next result; Enter: the system viewer; Space (like Esc): close."""
+        key = event.key()
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.open_external()
+        elif key == Qt.Key.Key_Left:
+            self.go(self.row - 1)
+        elif key == Qt.Key.Key_Right:
+            self.go(self.row + 1)
+        elif key == Qt.Key.Key_Space:
+            self.close()
+        else:
+            super().keyPressEvent(event)
+
+    def open_external(self) -> None:
+        QDesktopServices.openUrl(QUrl.fromLocalFile(self.hit.path))
