@@ -1,5 +1,5 @@
 import sys
 
-from app.launcher import main
+from picsift.launcher import main
 
 sys.exit(main(sys.argv[1:] or ["gui"]))

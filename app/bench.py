@@ -31,13 +31,13 @@ def main(argv: list[str] | None = None) -> int:
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     tmp = tempfile.TemporaryDirectory(prefix="picsift-window-bench-")
-    from app.main import create_window
+    from picsift.main import create_window
 
     settings = QSettings(os.path.join(tmp.name, "settings.ini"), QSettings.Format.IniFormat)
     model_dir = args.model
     build_s = 0.0  # making the random test model is no part of what a user's window does: left out below
     if model_dir is None:
-        from engine.models.random_blip import build_random_blip
+        from picsift.engine.models.random_blip import build_random_blip
 
         t = time.perf_counter()
         model_dir = str(build_random_blip(os.path.join(tmp.name, "blip-base"), "base"))
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def fill_library(library, model, count: int) -> None:
     """count synthetic photos with vectors of the model's size (clustered, as real collections are)."""
-    from engine.bench import clustered_vectors
+    from picsift.engine.bench import clustered_vectors
 
     store = library.store
     store.register_model(model.be.key, "be", model.source, model.dim)

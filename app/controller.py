@@ -10,12 +10,12 @@ import os
 
 from PySide6.QtCore import QObject, Signal
 
-from app.workers import GeneratorThread, call_generator
-from engine.captions import import_collection
-from engine.errors import ModelMismatchError, PicsiftError
-from engine.indexer import index_folders
-from engine.library import Library
-from engine.search import SearchUpdate, Searcher, arrange
+from picsift.workers import GeneratorThread, call_generator
+from picsift.engine.captions import import_collection
+from picsift.engine.errors import ModelMismatchError, PicsiftError
+from picsift.engine.indexer import index_folders
+from picsift.engine.library import Library
+from picsift.engine.search import SearchUpdate, Searcher, arrange
 
 
 class Controller(QObject):
@@ -82,7 +82,7 @@ class Controller(QObject):
 
     # ----- model ---------------------------------------------------------
     def load_model(self, model_id: str | None = None) -> None:
-        from engine.models import DEFAULT_MODEL, load_model
+        from picsift.engine.models import DEFAULT_MODEL, load_model
 
         if model_id is not None:
             self.model_id = model_id
@@ -119,7 +119,7 @@ class Controller(QObject):
     def watch_folders(self) -> None:
         """Watch the library's folders (again, after they changed): new, changed, moved and deleted photos are
         indexed without a rescan, debounced and batched (engine.watch)."""
-        from engine.watch import FolderWatcher
+        from picsift.engine.watch import FolderWatcher
 
         if self.watcher is None:
             self.watcher = FolderWatcher(self.foldersChanged.emit)
@@ -322,7 +322,7 @@ class Controller(QObject):
     # ----- duplicates ---------------------------------------------------------
     def find_duplicates(self) -> None:
         """Groups of duplicates on a worker (it reads the photos' headers); `duplicatesReady` gives them."""
-        from engine.duplicates import find_duplicates
+        from picsift.engine.duplicates import find_duplicates
 
         library = self.library
         thread = self._start(call_generator(lambda: find_duplicates(library)), "picsift-duplicates")
@@ -331,7 +331,7 @@ class Controller(QObject):
 
     def trash(self, paths: list[str]) -> None:
         """Move photos the user chose to the system trash and out of the library, on a worker."""
-        from engine.duplicates import trash
+        from picsift.engine.duplicates import trash
 
         library = self.library
         thread = self._start(call_generator(lambda: trash(library, paths)), "picsift-trash")

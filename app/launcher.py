@@ -6,15 +6,17 @@ import sys
 
 
 def _gui(session) -> int:
-    from app.main import run_gui
+    from picsift.main import run_gui
 
     return run_gui(session.args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine import cli
+    from picsift.engine import cli
 
-    return cli.main(argv, extra_commands={"gui": _gui})
+    from picsift.desktop_entry import command as desktop_entry
+
+    return cli.main(argv, extra_commands={"gui": _gui, "install-desktop-entry": desktop_entry})
 
 
 if __name__ == "__main__":

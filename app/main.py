@@ -9,12 +9,12 @@ import sys
 from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
-from app.controller import Controller
-from app.preferences import APP, ORG, Preferences
-from app.window import MainWindow
-from engine.errors import PicsiftError
-from engine.library import Library
-from engine.paths import cache_dir, library_dir
+from picsift.controller import Controller
+from picsift.preferences import APP, ORG, Preferences
+from picsift.window import MainWindow
+from picsift.engine.errors import PicsiftError
+from picsift.engine.library import Library
+from picsift.engine.paths import cache_dir, library_dir
 
 
 def create_window(args: argparse.Namespace, settings: QSettings | None = None) -> MainWindow:

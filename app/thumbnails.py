@@ -5,8 +5,8 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from PySide6.QtGui import QImage
 
-from engine.errors import ImageError
-from engine.thumbnails import thumbnail
+from picsift.engine.errors import ImageError
+from picsift.engine.thumbnails import thumbnail
 
 
 class _Signals(QObject):

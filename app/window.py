@@ -15,15 +15,15 @@ from PySide6.QtWidgets import (
     QMessageBox, QProgressBar, QSpinBox, QStackedWidget, QVBoxLayout, QWidget,
 )
 
-from app.controller import Controller
-from app.panels import DropPanel, FilterBar, IndexPanel
-from app.preferences import Preferences, PreferencesDialog
-from app.results_model import HitRole, ResultsModel
-from app.thumbnails import ThumbnailLoader
-from engine.errors import PicsiftError
-from engine.filters import Filters, parse_date_range, parse_types
-from engine.imaging import is_supported
-from engine.paths import ASSETS_DIR
+from picsift.controller import Controller
+from picsift.panels import DropPanel, FilterBar, IndexPanel
+from picsift.preferences import Preferences, PreferencesDialog
+from picsift.results_model import HitRole, ResultsModel
+from picsift.thumbnails import ThumbnailLoader
+from picsift.engine.errors import PicsiftError
+from picsift.engine.filters import Filters, parse_date_range, parse_types
+from picsift.engine.imaging import is_supported
+from picsift.engine.paths import ASSETS_DIR
 
 EMPTY_TEXT = (
     "<h2>Find your photos by what is in them</h2>"
@@ -202,7 +202,7 @@ class MainWindow(QMainWindow):
 
     def show_duplicates(self):
         """The duplicates view (a dialog over the window); returns it."""
-        from app.duplicates import DuplicatesDialog
+        from picsift.duplicates import DuplicatesDialog
 
         dialog = DuplicatesDialog(self.controller, self.loader, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
@@ -211,7 +211,7 @@ class MainWindow(QMainWindow):
 
     def edit_excluded(self):
         """The excluded-folders list (a dialog over the window); returns it."""
-        from app.panels import ExcludedDialog
+        from picsift.panels import ExcludedDialog
 
         dialog = ExcludedDialog(self.controller, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
@@ -472,14 +472,14 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def preview_dialog_type():
-        from app.preview import PreviewDialog
+        from picsift.preview import PreviewDialog
 
         return PreviewDialog
 
     def preview_index(self, index):
         """The photo of a result shown large in the window (arrows move through the results); returns the
         preview."""
-        from app.preview import PreviewDialog
+        from picsift.preview import PreviewDialog
 
         if not index.isValid() or index.data(HitRole) is None:
             return None

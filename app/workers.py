@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 from PySide6.QtCore import QObject, QThreadPool, Signal
 from superqt.utils import GeneratorWorker
 
-from engine.errors import PicsiftError
-from engine.jobs import CancelToken
+from picsift.engine.errors import PicsiftError
+from picsift.engine.jobs import CancelToken
 
 log = logging.getLogger("picsift.app")
 

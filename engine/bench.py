@@ -44,11 +44,11 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine.errors import ImageError, PicsiftError
-from engine.imaging import decode, is_supported, open_photo
-from engine.models.random_blip import OUTLIER_SCALE
-from engine.token_cache import DEFAULT_BUDGET_BYTES
-from engine.vector_index import EXACT_LIMIT
+from .errors import ImageError, PicsiftError
+from .imaging import decode, is_supported, open_photo
+from .models.random_blip import OUTLIER_SCALE
+from .token_cache import DEFAULT_BUDGET_BYTES
+from .vector_index import EXACT_LIMIT
 
 K = 20  # hits reranked per query, as the app does by default
 RECALL_QUERIES = 200
@@ -263,7 +263,7 @@ def trained_like(module, seed: int = 0):
     the rest: a random model without them gets some (`engine.models.random_blip`'s own helpers)."""
     import torch
 
-    from engine.models.random_blip import inject_outlier_channels, randomise_biases_and_norms
+    from .models.random_blip import inject_outlier_channels, randomise_biases_and_norms
 
     layers = [m for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     chaotic = statistics.median(_gain(m) for m in layers) > CHAOTIC_GAIN
@@ -293,8 +293,8 @@ def compare_bf16(ckpt, images, queries: Sequence[str]) -> dict:
     photo, ms per query over len(images) candidates, and the CE probabilities of each (queries x images)."""
     import torch
 
-    from engine.models.blip_ce import itm_logits
-    from engine.models.blip_vision import vision_tokens
+    from .models.blip_ce import itm_logits
+    from .models.blip_vision import vision_tokens
 
     module, how = trained_like(ckpt.model)
     px = ckpt.preprocess(images).to(ckpt.device, torch.float32)
@@ -351,7 +351,7 @@ class LargeLibrary:
     """
 
     def __init__(self, lib, model, size: int, exact_limit: int = EXACT_LIMIT, seed: int = 0):
-        from engine.vector_index import VectorIndex
+        from .vector_index import VectorIndex
 
         key = model.be.key
         real_ids, real_vecs = lib.store.vectors(key)
@@ -388,8 +388,8 @@ class LargeLibrary:
         Without `lru`, the cache is the real library's, taken to hold the photos with ids below
         `cached_photos`. With `lru` (a TokenCache), that cache is used as the app uses its own: features
         stored under each photo's id, found there or not, least recently used entries evicted."""
-        from engine.search import Searcher
-        from engine.token_cache import format_for
+        from .search import Searcher
+        from .token_cache import format_for
 
         model, lib, ce = self.model, self.lib, self.model.ce
         fmt = format_for(model)
@@ -444,7 +444,7 @@ def repeated_queries(big: LargeLibrary, cache_path: str | os.PathLike, entry_byt
     at first) that holds half the photos the queries' top K reach: more than one query's hits, fewer than
     all of them. Returns the cache's hit rate, the rate a cache of the same size that never evicts (filled
     as indexing fills it) would have had, and the latencies."""
-    from engine.token_cache import TokenCache
+    from .token_cache import TokenCache
 
     reached = {q: big.top_ids(q) for q in queries}
     union = set().union(*reached.values())
@@ -486,16 +486,12 @@ def _size_label(n: int) -> str:
 # ----- `picsift search` in a fresh process --------------------------------------------
 def cli_search(library: str | os.PathLike, model, query: str, k: int, n: int = K) -> tuple[float, list[dict]]:
     """(wall ms, hits) of `picsift search` run as a user runs it: a new Python process that imports the
-    engine, loads the model and the library, searches and prints. The engine is the one this process
-    runs (its folder first on the child's path), so a bench of a work tree measures that tree."""
-    import engine
-
+    engine, loads the model and the library, searches and prints. The child runs this interpreter, so it
+    imports the same installation of picsift (an editable install: this work tree)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(engine.__file__).resolve().parents[1])]
-                                        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     device = "cuda" if model.device.startswith("cuda") else model.device
     precision = "fp32" if model.exact else "auto"
-    cmd = [sys.executable, "-m", "engine.cli", "search", query, "--library", str(library), "--model", model.source,
+    cmd = [sys.executable, "-m", "picsift.engine.cli", "search", query, "--library", str(library), "--model", model.source,
            "-n", str(n), "-k", str(k), "--device", device, "--precision", precision, "--json", "-q"]
     t = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -517,8 +513,8 @@ def late_figures(model, workdir: Path, cond: str, sizes: Sequence[int] = (200, 1
     """The LI stage's cost: reading N candidates' stored LI tokens from a library database, decoding the int8
     and scoring MaxSim, at N = 200 and 1,000; with the model's LI head (its shape and its query tokens) when it
     has one, else at the default shape with random tokens (the arithmetic does not depend on the weights)."""
-    from engine.models.late import bytes_per_photo, decode_many, encode_tokens, maxsim
-    from engine.store import Store
+    from .models.late import bytes_per_photo, decode_many, encode_tokens, maxsim
+    from .store import Store
 
     li = getattr(model, "li", None)
     shape = li.feature_shape if li is not None else LI_DEFAULT_SHAPE
@@ -573,12 +569,12 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
     """
     import torch
 
-    from engine.indexer import index_folders
-    from engine.library import Library
-    from engine.machine import describe_cpu, has_bf16_instructions, matmul_gflops
-    from engine.search import Searcher
-    from engine.token_cache import format_for
-    from engine.vector_index import modality_gap_queries, recall_at
+    from .indexer import index_folders
+    from .library import Library
+    from .machine import describe_cpu, has_bf16_instructions, matmul_gflops
+    from .search import Searcher
+    from .token_cache import format_for
+    from .vector_index import modality_gap_queries, recall_at
 
     paths = _photos(folder, photos)
     if not paths:
@@ -695,12 +691,12 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
         what = f"the shrunk CE, {ce.layout}" if shrunk else f"CE, {stack.shape[1]} image tokens a photo"
         yield Figure(f"ce_score_ms_k{K}", round(ce_ms, 1), "ms",
                      f"{what} over {K} cached photos' tokens, no I/O; {cond}")
-        from engine.token_cache import encode_tokens
+        from .token_cache import encode_tokens
 
         yield Figure("ce_cache_bytes_per_photo", len(encode_tokens(stack[0], "int8")), "B",
                      f"one photo's rerank cache entry (int8 with its scales), {what}")
         try:
-            from engine.models.blip_ce import pool_grid
+            from .models.blip_ce import pool_grid
 
             pooled = None if shrunk else pool_grid(stack, 2)
         except ValueError:

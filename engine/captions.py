@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from engine.errors import CollectionError
-from engine.library import Library
-from engine.paths import DEFAULT_COLLECTION_FILE
+from .errors import CollectionError
+from .library import Library
+from .paths import DEFAULT_COLLECTION_FILE
 
 DEFAULT_COLLECTION = "everyday"
 CSV_COLUMNS = ("caption", "text", "captions", "description", "sentence")

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine import __version__
-from engine.errors import PicsiftError
+from . import __version__
+from .errors import PicsiftError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "include PATH: index it again from the next index")
     p.add_argument("path", nargs="?", metavar="PATH")
 
+    p = sub.add_parser("install-desktop-entry", parents=[common],
+                       help="add picsift to the desktop's application menu (Linux: a freedesktop entry and icon)")
+    p.add_argument("--remove", action="store_true", help="take the entry and icon away again")
+
     p = sub.add_parser("recent", parents=[common], help="the library's recent queries, newest first")
     p.add_argument("--clear", action="store_true", help="forget them")
 
@@ -203,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shrunk-ce", type=positive_int, metavar="F",
                    help="also a shrunk-CE overlay reading the patch grid pooled F x F (the random CE's own weights)")
 
-    from engine.training.commands import add_parsers
+    from .training.commands import add_parsers
 
     add_parsers(sub, common, positive_int, non_negative_int, parse_sizes)
     return parser
@@ -221,8 +225,8 @@ class Session:
     @property
     def library(self):
         if self._library is None:
-            from engine.library import Library
-            from engine.paths import library_dir
+            from .library import Library
+            from .paths import library_dir
 
             # Only these commands start a library; the others, pointed at a mistyped folder, must not.
             create = self.args.command in ("index", "gui") or (
@@ -235,7 +239,7 @@ class Session:
 
     @property
     def model_id(self) -> str:
-        from engine.models import DEFAULT_MODEL
+        from .models import DEFAULT_MODEL
 
         return self.args.model or self.library.model_id or DEFAULT_MODEL
 
@@ -254,15 +258,15 @@ class Session:
         if not getattr(self.args, "li_candidates", 0):
             return False
         if self.args.model:
-            from engine.models.late import has_head
-            from engine.models.registry import cached_folder
+            from .models.late import has_head
+            from .models.registry import cached_folder
 
             folder = cached_folder(self.args.model)
             return folder is not None and has_head(folder)
         return bool(self.library.li_key)
 
     def load_model(self, text_only: bool = False):
-        from engine.models import load_model
+        from .models import load_model
 
         ce_model = getattr(self.args, "ce_model", None)
         if ce_model is None and not self.args.model:
@@ -335,7 +339,7 @@ def _say(args, *msg) -> None:
 def cmd_index(s: Session) -> int:
     from tqdm import tqdm
 
-    from engine.indexer import index_folders
+    from .indexer import index_folders
 
     args = s.args
     folders = args.folders or s.library.store.folders()
@@ -343,8 +347,8 @@ def cmd_index(s: Session) -> int:
         raise PicsiftError("No folders given and the library has none yet: picsift index FOLDER")
     # Checked here rather than read from the engine's progress messages: the error must show
     # under -q too, and when no folder is usable no model is loaded and no library created.
-    from engine.paths import normalize_path
-    from engine.scanner import folder_problem
+    from .paths import normalize_path
+    from .scanner import folder_problem
 
     checked = [(f, folder_problem(normalize_path(f))) for f in folders]
     problems = [p for _, p in checked if p]
@@ -423,7 +427,7 @@ def _search_while_ce_loads(s: Session, filters=None):
     finds the candidates; the CE then reranks that same search session."""
     import threading
 
-    from engine.search import Searcher, _final_hits
+    from .search import Searcher, _final_hits
 
     args = s.args
     library = s.library  # opened here, before the thread reads the library's model names
@@ -449,11 +453,11 @@ def _search_while_ce_loads(s: Session, filters=None):
 
 
 def cmd_search(s: Session) -> int:
-    from engine.models.registry import text_side_loads_alone
-    from engine.search import Searcher
+    from .models.registry import text_side_loads_alone
+    from .search import Searcher
 
-    from engine.query import parse_query
-    from engine.search import _final_hits, arrange, check_photo_file
+    from .query import parse_query
+    from .search import _final_hits, arrange, check_photo_file
 
     args = s.args
     t0 = time.perf_counter()
@@ -494,7 +498,7 @@ def cmd_search(s: Session) -> int:
 
 def _search_filters(args):
     """The filters a search's options ask for, or None."""
-    from engine.filters import Filters, parse_date_range, parse_types
+    from .filters import Filters, parse_date_range, parse_types
 
     lo = hi = None
     if args.date:
@@ -505,7 +509,7 @@ def _search_filters(args):
 
 
 def cmd_duplicates(s: Session) -> int:
-    from engine.duplicates import find_duplicates
+    from .duplicates import find_duplicates
 
     args = s.args
     if not 0.0 < args.threshold <= 1.0:
@@ -531,7 +535,7 @@ def cmd_duplicates(s: Session) -> int:
 
 
 def cmd_trash(s: Session) -> int:
-    from engine.duplicates import trash
+    from .duplicates import trash
 
     args = s.args
     if not args.yes:
@@ -591,7 +595,7 @@ def cmd_recent(s: Session) -> int:
 def cmd_captions(s: Session) -> int:
     from tqdm import tqdm
 
-    from engine.search import Searcher, check_photo_file
+    from .search import Searcher, check_photo_file
 
     args = s.args
     check_photo_file(args.image)
@@ -610,7 +614,7 @@ def cmd_captions(s: Session) -> int:
 
 
 def cmd_similar(s: Session) -> int:
-    from engine.search import Searcher
+    from .search import Searcher
 
     hits = Searcher(s.library, s.model).similar(s.args.image, n=s.args.n)
     _print_hits(s, hits, "photo")
@@ -618,8 +622,8 @@ def cmd_similar(s: Session) -> int:
 
 
 def cmd_status(s: Session) -> int:
-    from engine.models import DEFAULT_MODEL
-    from engine.models.device import pick_device
+    from .models import DEFAULT_MODEL
+    from .models.device import pick_device
 
     args = s.args
     st = s.library.status()
@@ -660,7 +664,7 @@ def cmd_status(s: Session) -> int:
 
 
 def cmd_collections(s: Session) -> int:
-    from engine.captions import import_collection
+    from .captions import import_collection
 
     args = s.args
     if args.action == "import":
@@ -682,21 +686,21 @@ def cmd_collections(s: Session) -> int:
 
 
 def cmd_make_random_model(s: Session) -> int:
-    from engine.models.random_blip import build_random_blip
+    from .models.random_blip import build_random_blip
 
     path = build_random_blip(s.args.folder, s.args.preset, seed=s.args.seed)
     if s.args.li_keep:
         import torch
         from transformers import BlipConfig
 
-        from engine.models.late_head import head_for, save_head
+        from .models.late_head import head_for, save_head
 
         torch.manual_seed(s.args.seed)
         save_head(head_for(BlipConfig.from_pretrained(path), keep_image=s.args.li_keep), path)
     if s.args.shrunk_ce:
         from transformers import BlipForImageTextRetrieval
 
-        from engine.models import shrunk_ce
+        from .models import shrunk_ce
 
         try:
             shrunk_ce.pooled_tokens(*_grid_tokens(path), s.args.shrunk_ce)
@@ -722,10 +726,10 @@ def _grid_tokens(folder) -> tuple[int]:
 def cmd_bench(s: Session) -> int:
     import tempfile
 
-    from engine.bench import BenchError, plot_curve, run_bench
-    from engine.models import DEFAULT_MODEL, is_cached, load_model
-    from engine.models.random_blip import build_random_blip
-    from engine.token_cache import DEFAULT_BUDGET_BYTES
+    from .bench import BenchError, plot_curve, run_bench
+    from .models import DEFAULT_MODEL, is_cached, load_model
+    from .models.random_blip import build_random_blip
+    from .token_cache import DEFAULT_BUDGET_BYTES
 
     args = s.args
     sizes = args.sizes
@@ -776,7 +780,7 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
     args = build_parser().parse_args(argv)
     level = logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s")
-    from engine.training.commands import COMMANDS as TRAINING_COMMANDS
+    from .training.commands import COMMANDS as TRAINING_COMMANDS
 
     handlers = {**COMMANDS, **TRAINING_COMMANDS, **(extra_commands or {})}
     if args.command not in handlers:

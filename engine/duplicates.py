@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.errors import ImageError
-from engine.imaging import open_photo
+from .errors import ImageError
+from .imaging import open_photo
 
 COSINE = 0.95  # BE cosine at or above which two photos are near-duplicate candidates
 HAMMING = 10  # of the 64 bits of the difference hash: what confirms a candidate pair
@@ -140,7 +140,7 @@ def trash(library, paths: Sequence[str]) -> TrashResult:
     that cannot be moved stays, in the library too, and is reported."""
     from send2trash import send2trash
 
-    from engine.paths import normalize_path
+    from .paths import normalize_path
 
     result = TrashResult()
     for path in paths:

@@ -8,7 +8,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from engine.errors import PicsiftError
+from .errors import PicsiftError
 
 ORIENTATIONS = ("landscape", "portrait", "square")
 TYPE_ALIASES = {"jpg": ("jpg", "jpeg", "jpe"), "jpeg": ("jpg", "jpeg", "jpe"), "tif": ("tif", "tiff"),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from engine.errors import ImageError
+from .errors import ImageError
 
 try:  # HEIC/HEIF support is optional at run time, but declared as a dependency
     import pillow_heif

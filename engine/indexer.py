@@ -20,13 +20,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from engine.errors import ImageError, LibraryBusyError, LibraryReadOnlyError
-from engine.imaging import decode, photo_facts, read_file
-from engine.jobs import CancelToken
-from engine.library import Library
-from engine.paths import is_under, normalize_path
-from engine.scanner import FileEntry, folder_problem, scan
-from engine.token_cache import FORMATS, format_for
+from .errors import ImageError, LibraryBusyError, LibraryReadOnlyError
+from .imaging import decode, photo_facts, read_file
+from .jobs import CancelToken
+from .library import Library
+from .paths import is_under, normalize_path
+from .scanner import FileEntry, folder_problem, scan
+from .token_cache import FORMATS, format_for
 
 
 @dataclass
@@ -335,7 +335,7 @@ class Indexer:
     def _fill_late_tokens(self, progress: IndexProgress) -> Iterator[IndexProgress]:
         """Photos indexed before the model had its LI head get their LI tokens now (every photo needs them:
         the LI stage reads no photo that lacks them). Returns whether the run was cancelled meanwhile."""
-        from engine.models.late import encode_tokens
+        from .models.late import encode_tokens
 
         li = getattr(self.model, "li", None)
         if li is None:
@@ -369,7 +369,7 @@ class Indexer:
     def _photo_batches(self, todo: list[int], progress: IndexProgress, phase: str = "caching"):
         """The photos of `todo` opened in batches of the model's size, (ids, images) per batch, with the
         progress record advanced (a photo changed or gone since indexing is left for the next rescan)."""
-        from engine.imaging import open_photo
+        from .imaging import open_photo
 
         paths = self.store.paths(todo)
         progress.phase, progress.done, progress.total, progress.rate, progress.eta_s = phase, 0, len(todo), 0.0, None
@@ -464,7 +464,7 @@ class Indexer:
             li = getattr(self.model, "li", None)
             for stage_key, feats in encoding.features.items():
                 if li is not None and stage_key == li.key:  # LI tokens: every photo's, in the library itself
-                    from engine.models.late import encode_tokens
+                    from .models.late import encode_tokens
 
                     store.put_late_tokens(stage_key, [(p.content_hash, encode_tokens(feats[i]))
                                                       for i, p in enumerate(to_embed)])

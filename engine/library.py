@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from engine.errors import LibraryError, ModelMismatchError
-from engine.store import LEGACY_PREFIX, Store
-from engine.token_cache import DEFAULT_BUDGET_BYTES, TokenCache
-from engine.vector_index import EXACT_LIMIT, VectorIndex
+from .errors import LibraryError, ModelMismatchError
+from .store import LEGACY_PREFIX, Store
+from .token_cache import DEFAULT_BUDGET_BYTES, TokenCache
+from .vector_index import EXACT_LIMIT, VectorIndex
 
 log = logging.getLogger("picsift.library")
 
@@ -225,7 +225,7 @@ class Library:
     # ----- writing ------------------------------------------------------------
     def write_lock(self, command: str | None = None):
         """The library's write lock: one writer at a time across processes; readers never take it."""
-        from engine.lock import LibraryLock
+        from .lock import LibraryLock
 
         return LibraryLock(self.folder, command)
 
@@ -313,7 +313,7 @@ class Library:
         (the files are not touched). Returns how many photos left."""
         import json
 
-        from engine.paths import normalize_path
+        from .paths import normalize_path
 
         folder = normalize_path(path)
         excluded = self.excluded_folders()
@@ -334,7 +334,7 @@ class Library:
         """Take a folder off the excluded list (the next index walks it again); False when it was not there."""
         import json
 
-        from engine.paths import normalize_path
+        from .paths import normalize_path
 
         folder = normalize_path(path)
         excluded = self.excluded_folders()
@@ -375,7 +375,7 @@ class Library:
 
     def remove_folder(self, path: str) -> int:
         """Forget a library folder and the photos no other library folder holds (files are not touched)."""
-        from engine.paths import normalize_path
+        from .paths import normalize_path
 
         key = self.store.be_key
         with self.write_lock("picsift: removing a folder").acquire(timeout=60), self.changing(key) as vi:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from engine.errors import LibraryBusyError, LibraryError
+from .errors import LibraryBusyError, LibraryError
 
 if sys.platform.startswith("win"):  # pragma: no cover - exercised on Windows only
     import msvcrt

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.errors import PicsiftError
+from .errors import PicsiftError
 
 _TERM = re.compile(r'''(?P<sign>[-+]?)(?:(?P<weight>\d+(?:\.\d+)?):)?(?:"(?P<quoted>[^"]*)"?|(?P<word>\S+))''')
 

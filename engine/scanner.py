@@ -6,7 +6,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-from engine.imaging import is_supported
+from .imaging import is_supported
 
 JUNK_DIRS = frozenset(
     {
@@ -95,7 +95,7 @@ def scan(root: str, exclude: frozenset[str] | set[str] = frozenset()) -> ScanRes
 
 
 def _normal(path: str) -> str:
-    from engine.paths import normalize_path
+    from .paths import normalize_path
 
     return normalize_path(path)
 

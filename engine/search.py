@@ -9,15 +9,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from engine.captions import DEFAULT_COLLECTION, embed_collection, read_captions, resolve_collection
-from engine.paths import DEFAULT_COLLECTION_FILE
-from engine.errors import ImageError
-from engine.filters import Filters
-from engine.imaging import open_photo
-from engine.jobs import CancelToken
-from engine.library import Library
-from engine.query import parse_query
-from engine.token_cache import format_for
+from .captions import DEFAULT_COLLECTION, embed_collection, read_captions, resolve_collection
+from .paths import DEFAULT_COLLECTION_FILE
+from .errors import ImageError
+from .filters import Filters
+from .imaging import open_photo
+from .jobs import CancelToken
+from .library import Library
+from .query import parse_query
+from .token_cache import format_for
 
 
 def check_photo_file(path: str) -> None:
@@ -132,7 +132,7 @@ class Searcher:
 
     def scope_ids(self, scope: str | None, filters: Filters | None = None) -> list[int] | None:
         """The photos a search may return (None: all): under scope, and passing the filters."""
-        from engine.paths import normalize_path
+        from .paths import normalize_path
 
         allowed = None
         if scope:
@@ -236,7 +236,7 @@ class Searcher:
     def late_order(self, query_tokens: np.ndarray, hits: Sequence[Hit]) -> list[Hit]:
         """The BE's candidates in LI order, each with its li_score; photos without stored LI tokens (indexed
         since the head was added, not yet filled in) follow in BE order."""
-        from engine.models.late import decode_many
+        from .models.late import decode_many
 
         li = self.late
         hashes = self.library.store.hashes([h.id for h in hits])
@@ -251,7 +251,7 @@ class Searcher:
     # ----- photo -> photos and captions -------------------------------------
     def encode_photo(self, path: str) -> tuple[np.ndarray, np.ndarray | None, int | None]:
         """(BE vector, CE features, library id or None) of any photo file; raises ImageError."""
-        from engine.paths import normalize_path
+        from .paths import normalize_path
 
         apath = normalize_path(path)
         ce = self.model.ce

@@ -22,8 +22,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import sqlite_utils
 
-from engine.errors import LibraryDamagedError, LibraryError, LibraryReadOnlyError
-from engine.paths import folder_bounds, is_under
+from .errors import LibraryDamagedError, LibraryError, LibraryReadOnlyError
+from .paths import folder_bounds, is_under
 
 SCHEMA_VERSION = 2
 OK, ERROR = "ok", "error"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.errors import ImageError
-from engine.imaging import open_photo
+from .errors import ImageError
+from .imaging import open_photo
 
 DEFAULT_SIZE = 256
 

@@ -10,9 +10,9 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from engine.imaging import is_supported
-from engine.paths import is_under, normalize_path
-from engine.scanner import JUNK_DIRS
+from .imaging import is_supported
+from .paths import is_under, normalize_path
+from .scanner import JUNK_DIRS
 
 log = logging.getLogger("picsift.watch")
 

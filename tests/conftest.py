@@ -37,21 +37,21 @@ def _no_thread_left_running():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from engine.models.random_blip import build_random_blip
+    from picsift.engine.models.random_blip import build_random_blip
 
     return build_random_blip(tmp_path_factory.mktemp("tiny-blip"), "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from engine.models import load_model
+    from picsift.engine.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu", precision="fp32")
 
 
 @pytest.fixture
 def library(tmp_path):
-    from engine.library import Library
+    from picsift.engine.library import Library
 
     lib = Library(tmp_path / "library")
     yield lib

@@ -15,14 +15,14 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from conftest import make_photo  # noqa: E402
-from engine.search import Searcher  # noqa: E402
+from picsift.engine.search import Searcher  # noqa: E402
 
 MODEL_TIMEOUT = 60_000
 
 
 @pytest.fixture
 def make_window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
-    from app.main import create_window
+    from picsift.main import create_window
 
     monkeypatch.setattr(QMessageBox, "exec", lambda self: 0)  # no modal dialog may block a test
     windows = []
@@ -45,7 +45,7 @@ def make_window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
         w.close()
         assert not any(t.isRunning() for t in w.controller._threads), "a worker thread outlived the window"
         w.controller.library.close()
-    from app.workers import _job_pool
+    from picsift.workers import _job_pool
 
     assert _job_pool().waitForDone(10_000), "an engine job outlived the window"
 
@@ -351,7 +351,7 @@ def test_folders_can_be_removed_and_captions_imported(qtbot, make_window, photo_
 
 
 def test_another_model_asks_for_a_rescan_and_rescanning_re_embeds(qtbot, make_window, photo_folder, tmp_path):
-    from engine.models.random_blip import build_random_blip
+    from picsift.engine.models.random_blip import build_random_blip
 
     first = make_window()
     index_and_wait(qtbot, first, [photo_folder])
@@ -373,7 +373,7 @@ def test_another_model_asks_for_a_rescan_and_rescanning_re_embeds(qtbot, make_wi
 def test_gui_without_a_display_says_so(monkeypatch, capsys):
     import sys as _sys
 
-    from app.launcher import main
+    from picsift.launcher import main
 
     monkeypatch.setattr(_sys, "platform", "linux")
     for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
@@ -384,7 +384,7 @@ def test_gui_without_a_display_says_so(monkeypatch, capsys):
 
 
 def test_preferences_persist_and_set_the_cache_budget(qtbot, make_window, monkeypatch, tmp_path):
-    from app.preferences import PreferencesDialog
+    from picsift.preferences import PreferencesDialog
 
     window = make_window()
 
@@ -428,7 +428,7 @@ def test_dropped_or_pasted_image_data_is_described(qtbot, make_window, monkeypat
 
 def test_window_bench_fills_a_searchable_library(library, tiny_model):
     """`python -m app.bench` measures the window on a library this fills: it must be one search can use."""
-    from app.bench import fill_library
+    from picsift.bench import fill_library
 
     fill_library(library, tiny_model, 500)
     assert library.index.ntotal == 500 and library.store.count_photos() == 500
@@ -437,7 +437,7 @@ def test_window_bench_fills_a_searchable_library(library, tiny_model):
 
 
 def test_filters_min_match_sort_and_recent_searches_in_the_window(qtbot, make_window, photo_folder):
-    from engine.filters import Filters
+    from picsift.engine.filters import Filters
 
     window = make_window()
     index_and_wait(qtbot, window, [photo_folder])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import make_photo
-from engine.bench import (
+from picsift.engine.bench import (
     K,
     BenchError,
     blip_ce_flops,
@@ -36,7 +36,7 @@ def _token_bytes(fmt: str, tokens: int, width: int) -> int:
 def bench_figures(tiny_model, tmp_path_factory):
     """One bench run of the tiny model over 24 photos, given a folder relative to the working directory (the
     bench once linked relative paths into its temporary folder, indexed nothing and reported figures anyway)."""
-    from engine.token_cache import format_for
+    from picsift.engine.token_cache import format_for
 
     root = tmp_path_factory.mktemp("bench")
     for i in range(24):
@@ -83,7 +83,7 @@ def test_bench_reports_every_figure_with_its_conditions(bench_figures):
 
 
 def test_large_library_hit_rates_follow_the_cache_budget(bench_figures, tiny_model):
-    from engine.token_cache import format_for
+    from picsift.engine.token_cache import format_for
 
     figures, _, _ = bench_figures
     entry = _token_bytes(format_for(tiny_model), *tiny_model.ce.feature_shape)
@@ -121,7 +121,7 @@ def test_arithmetic_matches_torch_flop_counter(tiny_model):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.models.blip_ce import itm_logits
+    from picsift.engine.models.blip_ce import itm_logits
 
     ckpt = tiny_model.ce.ckpt
     model, cfg = ckpt.model, ckpt.model.config
@@ -166,7 +166,7 @@ def test_bench_fails_when_photos_do_not_index(tiny_model, tmp_path, good):
 
 
 def test_bench_command_exits_with_the_error(tiny_model_dir, tmp_path, capsys):
-    from engine.cli import EXIT_ERROR, main
+    from picsift.engine.cli import EXIT_ERROR, main
 
     (tmp_path / "empty").mkdir()
     assert main(["bench", str(tmp_path / "empty"), "--model", str(tiny_model_dir), "--device", "cpu"]) == EXIT_ERROR
@@ -187,7 +187,7 @@ def test_trained_like_fixes_a_copy_of_a_fresh_chaotic_random_network(tiny_model)
 
     import torch
 
-    from engine.bench import TRAINED_GAIN, _gain
+    from picsift.engine.bench import TRAINED_GAIN, _gain
 
     fresh = copy.deepcopy(tiny_model.ce.ckpt.model)
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_trained_like_fixes_a_copy_of_a_fresh_chaotic_random_network(tiny_model)
 
 
 def test_cpu_description_reads_the_flags(tmp_path, monkeypatch):
-    import engine.machine as machine
+    import picsift.engine.machine as machine
 
     info = tmp_path / "cpuinfo"
     info.write_text("model name\t: Test CPU\nflags\t\t: fpu sse avx2 fma avx512f avx512_bf16\n")
@@ -223,7 +223,7 @@ def test_cpu_description_reads_the_flags(tmp_path, monkeypatch):
 
 
 def test_synthetic_inputs_look_like_real_ones():
-    from engine.imaging import decode
+    from picsift.engine.imaging import decode
 
     jpeg = synthetic_jpeg(800, 600)
     assert decode(jpeg).width == 800
@@ -237,8 +237,8 @@ def test_bench_imports_where_there_is_no_resource_module(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` now fails, as on Windows
-    monkeypatch.delitem(sys.modules, "engine.bench", raising=False)
-    bench = importlib.import_module("engine.bench")
+    monkeypatch.delitem(sys.modules, "picsift.engine.bench", raising=False)
+    bench = importlib.import_module("picsift.engine.bench")
     monkeypatch.setattr(bench, "PROC_STATUS", tmp_path / "no-proc" / "status")
     assert bench._rss_mb() is None
 

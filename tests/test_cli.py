@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_photo
-from engine.captions import DEFAULT_COLLECTION, read_captions
-from engine.cli import main
-from engine.paths import DEFAULT_COLLECTION_FILE
+from picsift.engine.captions import DEFAULT_COLLECTION, read_captions
+from picsift.engine.cli import main
+from picsift.engine.paths import DEFAULT_COLLECTION_FILE
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -308,7 +308,7 @@ def test_index_with_a_missing_model_folder(photo_folder, capsys, _isolated_home)
 
 
 def test_search_with_a_missing_hub_model(capsys, _isolated_home):
-    from engine.library import Library
+    from picsift.engine.library import Library
 
     Library(_isolated_home).close()  # an existing library: the model is what is missing
     rc, out, err = run(capsys, "search", "x", "--model", "some-org/missing-model")
@@ -388,7 +388,7 @@ def test_make_random_model_writes_a_loadable_checkpoint(tmp_path, photo_folder, 
 def test_sizes_parse_for_the_cache_budget():
     import argparse
 
-    from engine.cli import parse_size
+    from picsift.engine.cli import parse_size
 
     assert parse_size("4G") == 4 * 1024**3 and parse_size("500M") == 500 * 1024**2
     assert parse_size("1.5GB") == int(1.5 * 1024**3) and parse_size("0") == 0
@@ -515,7 +515,7 @@ def test_control_characters_in_paths_are_escaped_in_text_but_exact_in_json(tiny_
 
 
 def test_shown_escapes_what_would_break_a_line_and_keeps_the_rest():
-    from engine.cli import shown
+    from picsift.engine.cli import shown
 
     assert shown("a\nb\tc\x1b[2Jd\x7f\u202eevil\u2028\udcff") == "a\\nb\\tc\\x1b[2Jd\\x7f\\u202eevil\\u2028\\udcff"
     assert shown("café/フォト/📷 ünd — x.jpg") == "café/フォト/📷 ünd — x.jpg"
@@ -532,7 +532,7 @@ def test_sizes_are_shown_in_binary_units(indexed, capsys):
 
 
 def test_format_size_uses_binary_units():
-    from engine.cli import format_size, parse_size
+    from picsift.engine.cli import format_size, parse_size
 
     assert [format_size(n) for n in (0, 1023, 1024, 1536 * 1024, 5 * 1024**4)] == [
         "0 B", "1023 B", "1.0 KiB", "1.5 MiB", "5.0 TiB"]
@@ -544,8 +544,8 @@ def test_format_size_uses_binary_units():
 def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_dir, capsys, monkeypatch):
     import gc
 
-    import engine.indexer
-    from engine.indexer import IndexProgress
+    import picsift.engine.indexer
+    from picsift.engine.indexer import IndexProgress
 
     def interrupted(library, model, folders, **options):
         yield IndexProgress("scanning")
@@ -553,7 +553,7 @@ def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_
         yield IndexProgress("indexing", done=4, total=12, current=str(photo_folder / "home" / "photo_00.jpg"))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.indexer, "index_folders", interrupted)
+    monkeypatch.setattr(picsift.engine.indexer, "index_folders", interrupted)
     rc, out, err = run(capsys, "index", photo_folder, "--model", tiny_model_dir)
     gc.collect()  # a bar nobody closed draws itself once more when it is collected
     err += capsys.readouterr().err
@@ -565,8 +565,8 @@ def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_
 
 def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, tmp_path, capsys, tiny_model_dir):
     """Sep+Coop: the BE of one checkpoint, the CE of another; vectors stay the BE's, the rerank is the CE's."""
-    from engine.library import Library
-    from engine.models import load_model
+    from picsift.engine.library import Library
+    from picsift.engine.models import load_model
 
     ce_dir = tmp_path / "ce"
     assert run(capsys, "make-random-model", ce_dir, "--seed", "4")[0] == 0
@@ -581,7 +581,7 @@ def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, 
     hits = json.loads(out)
     own = load_model(str(tiny_model_dir), device="cpu")
     sep = load_model(str(tiny_model_dir), device="cpu", ce_model=str(ce_dir))
-    from engine.search import Searcher
+    from picsift.engine.search import Searcher
 
     with Library(os.environ["PICSIFT_HOME"]) as lib:
         expected = Searcher(lib, sep).search("a dog on the beach", n=5, k=5)
@@ -601,10 +601,10 @@ def test_reranked_search_embeds_the_query_while_the_ce_loads(indexed, tiny_model
     order is the one the whole model alone gives."""
     import threading
 
-    from engine import cli
-    from engine.library import Library
-    from engine.models import load_model
-    from engine.search import Searcher
+    from picsift.engine import cli
+    from picsift.engine.library import Library
+    from picsift.engine.models import load_model
+    from picsift.engine.search import Searcher
 
     text_side_done = threading.Event()
     full_waited = []

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.errors import DatasetError, PicsiftError
-from engine.training import datasets
-from engine.training.datasets import CaptionData, read_dataset
+from picsift.engine.errors import DatasetError, PicsiftError
+from picsift.engine.training import datasets
+from picsift.engine.training.datasets import CaptionData, read_dataset
 
 FLICKR8K_DEV = Path("/work/shared/data/flickr8k-dev")
 
@@ -462,7 +462,7 @@ def test_text_that_is_not_utf8(tmp_path):
 
 def test_module_imports_without_torch_qt_or_pillow():
     code = (
-        "import sys, engine.training.datasets\n"
+        "import sys, picsift.engine.training.datasets\n"
         "heavy = [m for m in ('torch', 'PySide6', 'PIL', 'numpy') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

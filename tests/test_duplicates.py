@@ -48,8 +48,8 @@ def _names(group) -> list[str]:
 
 
 def test_exact_and_near_duplicates_are_grouped_largest_first(tiny_model, dup_folder, library):
-    from engine.duplicates import dhash, find_duplicates, hamming
-    from engine.indexer import index_folders
+    from picsift.engine.duplicates import dhash, find_duplicates, hamming
+    from picsift.engine.indexer import index_folders
 
     list(index_folders(library, tiny_model, [str(dup_folder)]))
     groups = find_duplicates(library)
@@ -69,9 +69,9 @@ def test_exact_and_near_duplicates_are_grouped_largest_first(tiny_model, dup_fol
 
 
 def test_trash_moves_the_chosen_photos_and_the_library_forgets_them(tiny_model, dup_folder, library, trash_home):
-    from engine.duplicates import find_duplicates, trash
-    from engine.indexer import index_folders
-    from engine.search import Searcher
+    from picsift.engine.duplicates import find_duplicates, trash
+    from picsift.engine.indexer import index_folders
+    from picsift.engine.search import Searcher
 
     list(index_folders(library, tiny_model, [str(dup_folder)]))
     assert library.store.count_photos() == 8
@@ -89,7 +89,7 @@ def test_trash_moves_the_chosen_photos_and_the_library_forgets_them(tiny_model, 
 
 def test_duplicates_and_trash_from_the_terminal(tiny_model_dir, dup_folder, tmp_path, capsys, trash_home,
                                                 _isolated_home, monkeypatch):
-    from engine.cli import main
+    from picsift.engine.cli import main
 
     lib = str(tmp_path / "lib")
     assert main(["index", str(dup_folder), "--library", lib, "--model", str(tiny_model_dir), "-q"]) == 0

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import ModelNotFoundError
-from engine.indexer import index_folders
-from engine.models import load_model
-from engine.search import Searcher
+from picsift.engine.errors import ModelNotFoundError
+from picsift.engine.indexer import index_folders
+from picsift.engine.models import load_model
+from picsift.engine.search import Searcher
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def clip_dir(tmp_path_factory):
     """A random-weight CLIPModel of the real class, saved with a tokenizer and image processor."""
     from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from engine.models.random_blip import build_vocab, randomise_biases_and_norms
+    from picsift.engine.models.random_blip import build_vocab, randomise_biases_and_norms
 
     folder = tmp_path_factory.mktemp("clip-tiny")
     vocab = build_vocab(None)

@@ -1,4 +1,4 @@
-"""engine.imaging: every supported format decodes to RGB at the right size, orientation is
+"""picsift.engine.imaging: every supported format decodes to RGB at the right size, orientation is
 applied once, and every bad input becomes an ImageError with a reason a user can read."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from engine import imaging
-from engine.errors import ImageError
-from engine.imaging import decode, is_supported, open_photo, read_file
+from picsift.engine import imaging
+from picsift.engine.errors import ImageError
+from picsift.engine.imaging import decode, is_supported, open_photo, read_file
 
 from conftest import make_photo
 

@@ -14,8 +14,8 @@ import torch
 
 # ----- MaxSim ------------------------------------------------------------------------------------------
 def test_maxsim_takes_each_text_tokens_best_photo_token_and_averages_over_the_text():
-    from engine.models.late import maxsim
-    from engine.models.late_head import maxsim_matrix, maxsim_pairs
+    from picsift.engine.models.late import maxsim
+    from picsift.engine.models.late_head import maxsim_matrix, maxsim_pairs
 
     query = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     photos = np.array([
@@ -37,7 +37,7 @@ def test_maxsim_takes_each_text_tokens_best_photo_token_and_averages_over_the_te
 
 
 def test_li_tokens_round_trip_through_int8_within_a_step_per_token():
-    from engine.models.late import bytes_per_photo, decode_tokens, encode_tokens
+    from picsift.engine.models.late import bytes_per_photo, decode_tokens, encode_tokens
 
     rng = np.random.default_rng(0)
     t = rng.normal(size=(32, 128)).astype(np.float32)
@@ -53,7 +53,7 @@ def test_li_tokens_round_trip_through_int8_within_a_step_per_token():
 def test_codes_are_appended_with_the_attention_mask_extended(tiny_model_dir):
     from transformers import BlipForImageTextRetrieval
 
-    from engine.models.late_head import append_codes, text_outputs, vision_outputs
+    from picsift.engine.models.late_head import append_codes, text_outputs, vision_outputs
 
     hidden = torch.zeros(2, 3, 4)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -92,7 +92,7 @@ def test_codes_are_appended_with_the_attention_mask_extended(tiny_model_dir):
 
 # ----- the distillation loss -----------------------------------------------------------------------------
 def test_distillation_loss_on_a_small_known_matrix():
-    from engine.training.losses import distillation_loss
+    from picsift.engine.training.losses import distillation_loss
 
     teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     # a flat student: each softmax is (1/2, 1/2), so every cross-entropy is log 2, rows and columns alike
@@ -121,7 +121,7 @@ def late_model_dir(tmp_path_factory, tiny_model_dir):
     """The tiny random model with a random LI head (codes on both sides, 3 kept image tokens)."""
     from transformers import BlipForImageTextRetrieval
 
-    from engine.models.late_head import head_for, save_head
+    from picsift.engine.models.late_head import head_for, save_head
 
     folder = tmp_path_factory.mktemp("late") / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -135,8 +135,8 @@ def _reference_li(folder, image_path, query):
     """The LI score computed straight from transformers' model and the head, in float32."""
     from transformers import AutoProcessor, BlipForImageTextRetrieval
 
-    from engine.imaging import open_photo
-    from engine.models.late_head import load_head, maxsim_matrix, text_outputs, vision_outputs
+    from picsift.engine.imaging import open_photo
+    from picsift.engine.models.late_head import load_head, maxsim_matrix, text_outputs, vision_outputs
 
     model = BlipForImageTextRetrieval.from_pretrained(folder).eval()
     proc = AutoProcessor.from_pretrained(folder)
@@ -152,10 +152,10 @@ def _reference_li(folder, image_path, query):
 
 
 def test_indexing_stores_li_tokens_and_search_orders_by_them_with_li_score(late_model_dir, photo_folder, library):
-    from engine.indexer import index_folders
-    from engine.models import load_model
-    from engine.models.late import bytes_per_photo
-    from engine.search import Searcher
+    from picsift.engine.indexer import index_folders
+    from picsift.engine.models import load_model
+    from picsift.engine.models.late import bytes_per_photo
+    from picsift.engine.search import Searcher
 
     model = load_model(str(late_model_dir), device="cpu", precision="fp32")
     assert model.li is not None and model.li.feature_shape == (3, 16)
@@ -183,9 +183,9 @@ def test_indexing_stores_li_tokens_and_search_orders_by_them_with_li_score(late_
 
 def test_adding_an_li_head_keeps_the_library_and_fills_in_the_tokens(tiny_model, late_model_dir, photo_folder,
                                                                     library):
-    from engine.indexer import index_folders
-    from engine.models import load_model
-    from engine.search import Searcher
+    from picsift.engine.indexer import index_folders
+    from picsift.engine.models import load_model
+    from picsift.engine.search import Searcher
 
     list(index_folders(library, tiny_model, [str(photo_folder)]))
     before = Searcher(library, tiny_model).search("a blue circle", n=5, k=3)
@@ -205,7 +205,7 @@ def test_adding_an_li_head_keeps_the_library_and_fills_in_the_tokens(tiny_model,
 
 
 def test_search_from_the_terminal_reports_li_scores(late_model_dir, photo_folder, tmp_path, capsys, _isolated_home):
-    from engine.cli import main
+    from picsift.engine.cli import main
 
     lib = str(tmp_path / "lib")
     assert main(["index", str(photo_folder), "--library", lib, "--model", str(late_model_dir), "-q"]) == 0
@@ -222,7 +222,7 @@ def test_search_from_the_terminal_reports_li_scores(late_model_dir, photo_folder
 # ----- training the head ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_shapes(tmp_path_factory):
-    from engine.training.shapes import generate_shapes
+    from picsift.engine.training.shapes import generate_shapes
 
     folder = tmp_path_factory.mktemp("li-shapes") / "set"
     generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=12, image_size=32, captions_per_image=2)
@@ -230,7 +230,7 @@ def small_shapes(tmp_path_factory):
 
 
 def _train(**kw):
-    from engine.training.train import TrainOptions, make_trainer
+    from picsift.engine.training.train import TrainOptions, make_trainer
 
     base = dict(batch_size=16, eval_every=1000, seed=2, device="cpu")
     base.update(kw)
@@ -240,9 +240,9 @@ def _train(**kw):
 def _li_matrix(folder, data):
     """(captions, photos) LI scores of a checkpoint on a dataset, through the product's code path (the
     cascade's LI stage, int8 storage included)."""
-    from engine.imaging import open_photo
-    from engine.models import load_model
-    from engine.models.late import decode_tokens, encode_tokens, maxsim
+    from picsift.engine.imaging import open_photo
+    from picsift.engine.models import load_model
+    from picsift.engine.models.late import decode_tokens, encode_tokens, maxsim
 
     model = load_model(str(folder), device="cpu", precision="fp32")
     images = [open_photo(str(p), model.image_size).image for p in data.images]
@@ -255,8 +255,8 @@ def _li_matrix(folder, data):
 def test_a_student_trained_briefly_agrees_with_its_teacher_better_than_chance(small_shapes, tmp_path):
     from transformers import BlipForImageTextRetrieval
 
-    from engine.models.late_head import head_for, save_head
-    from engine.training.datasets import read_dataset
+    from picsift.engine.models.late_head import head_for, save_head
+    from picsift.engine.training.datasets import read_dataset
 
     # the teacher: a fresh tiny model with the data's vocabulary and an inflated LI head (codes, every token)
     teacher = tmp_path / "teacher"
@@ -294,10 +294,10 @@ def test_an_li_head_distilled_from_a_ce_orders_photos_like_the_ce(tiny_model_dir
     BLIP model: only the new head trains, and its LI order follows the CE's."""
     from transformers import BlipForImageTextRetrieval
 
-    from engine.imaging import open_photo
-    from engine.models import load_model
-    from engine.models.late_head import head_for, save_head
-    from engine.training.datasets import read_dataset
+    from picsift.engine.imaging import open_photo
+    from picsift.engine.models import load_model
+    from picsift.engine.models.late_head import head_for, save_head
+    from picsift.engine.training.datasets import read_dataset
 
     untrained = tmp_path / "untrained"
     shutil.copytree(tiny_model_dir, untrained)
@@ -344,7 +344,7 @@ def test_inflating_trains_codes_and_head_and_keeps_the_encoders(small_shapes, tm
 
 
 def test_li_options_are_checked():
-    from engine.training.train import TrainingError, TrainOptions
+    from picsift.engine.training.train import TrainingError, TrainOptions
 
     with pytest.raises(TrainingError, match="--mode li"):
         TrainOptions(data="d", out="o", mode="be", init="tiny", keep=4).check()
@@ -356,10 +356,10 @@ def test_li_options_are_checked():
 
 
 def test_eval_adds_the_li_rows_for_a_model_with_an_li_head(late_model_dir, photo_folder, tmp_path):
-    from engine.models import load_model
-    from engine.models.late import bytes_per_photo
-    from engine.training.evaluate import EvalOptions, Evaluation
-    from engine.training.recall import recalls
+    from picsift.engine.models import load_model
+    from picsift.engine.models.late import bytes_per_photo
+    from picsift.engine.training.evaluate import EvalOptions, Evaluation
+    from picsift.engine.training.recall import recalls
 
     rows = [["image", "caption"]]
     for i, p in enumerate(sorted(photo_folder.rglob("*.*"))):
@@ -390,7 +390,7 @@ def test_eval_adds_the_li_rows_for_a_model_with_an_li_head(late_model_dir, photo
 
 
 def test_pooling_the_patch_grid_2x2_keeps_cls_and_averages_each_block():
-    from engine.models.blip_ce import pool_grid
+    from picsift.engine.models.blip_ce import pool_grid
 
     t = np.arange(2 * 17 * 3, dtype=np.float32).reshape(2, 17, 3)  # CLS and a 4x4 grid
     p = pool_grid(t, 2)
@@ -404,8 +404,8 @@ def test_pooling_the_patch_grid_2x2_keeps_cls_and_averages_each_block():
 
 
 def test_make_random_model_can_add_a_random_li_head(tmp_path, capsys, _isolated_home):
-    from engine.cli import main
-    from engine.models import load_model
+    from picsift.engine.cli import main
+    from picsift.engine.models import load_model
 
     assert main(["make-random-model", str(tmp_path / "m"), "--li-keep", "4", "-q"]) == 0
     model = load_model(str(tmp_path / "m"), device="cpu", precision="fp32")

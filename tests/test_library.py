@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import make_photo
-from engine.errors import LibraryDamagedError, LibraryReadOnlyError
-from engine.indexer import index_folders
-from engine.library import Library
-from engine.search import Searcher
+from picsift.engine.errors import LibraryDamagedError, LibraryReadOnlyError
+from picsift.engine.indexer import index_folders
+from picsift.engine.library import Library
+from picsift.engine.search import Searcher
 
 
 def run(library, model, folders, **kw):
@@ -34,7 +34,7 @@ def faiss_ids(library):
 
 
 def cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "picsift.engine.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -116,7 +116,7 @@ def test_a_writer_in_another_process_never_leaves_a_stale_index_stamped_current(
 
 
 def test_two_index_runs_at_once_take_turns_and_leave_a_complete_index(tmp_path, tiny_model_dir, tiny_model):
-    from engine.lock import LibraryLock
+    from picsift.engine.lock import LibraryLock
 
     lib_dir = tmp_path / "lib"
     Library(lib_dir).close()
@@ -126,7 +126,7 @@ def test_two_index_runs_at_once_take_turns_and_leave_a_complete_index(tmp_path, 
             make_photo(f / f"{i:02d}.png", seed=base + i, size=(300, 200))
     held = LibraryLock(lib_dir, "a test holding the library").acquire()  # both start while it is busy
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", "index", str(f), "--library", str(lib_dir),
+    procs = [subprocess.Popen([sys.executable, "-m", "picsift.engine.cli", "index", str(f), "--library", str(lib_dir),
                                "--model", str(tiny_model_dir), "--batch-size", "2"], stdout=subprocess.DEVNULL,
                               stderr=open(log, "w")) for f, log in zip(folders, logs)]
     deadline = time.monotonic() + 120
@@ -214,7 +214,7 @@ def test_bytes_flipped_in_the_index_file_are_caught_and_it_is_rebuilt(tmp_path, 
 
 
 def test_unchanged_and_cancelled_runs_do_not_rewrite_the_index(library, tiny_model, photo_folder):
-    from engine.jobs import CancelToken
+    from picsift.engine.jobs import CancelToken
 
     run(library, tiny_model, [photo_folder])
     path = library.index_path(library.store.be_key)
@@ -305,8 +305,8 @@ def test_the_cpu_fallback_waits_for_forward_passes_in_flight(tiny_model, monkeyp
 
 # ----- identity and migration -------------------------------------------------------------------------
 def test_model_identity_is_its_content_not_its_folder(tiny_model_dir, tmp_path):
-    from engine.models import load_model
-    from engine.models.random_blip import build_random_blip
+    from picsift.engine.models import load_model
+    from picsift.engine.models.random_blip import build_random_blip
 
     moved = tmp_path / "moved"
     shutil.copytree(tiny_model_dir, moved)
@@ -337,7 +337,7 @@ def test_a_schema_1_library_migrates_without_re_embedding(tmp_path, tiny_model, 
 
 
 def _make_schema_1(lib_dir, model_id, ids, vecs, paths, hashes, feats):
-    from engine.token_cache import encode_tokens
+    from picsift.engine.token_cache import encode_tokens
 
     for p in lib_dir.iterdir():
         p.unlink()
@@ -375,7 +375,7 @@ def _make_schema_1(lib_dir, model_id, ids, vecs, paths, hashes, feats):
 
 def test_a_large_database_is_checked_by_status_and_writers_and_damage_met_by_a_search_is_one_sentence(
         tmp_path, tiny_model, photo_folder, tiny_model_dir, monkeypatch):
-    from engine.store import Store
+    from picsift.engine.store import Store
 
     lib_dir = tmp_path / "lib"
     with Library(lib_dir) as lib:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import LibraryBusyError, LibraryError
-from engine.lock import HOLDER_NAME, LibraryLock, LockHolder, describe
+from picsift.engine.errors import LibraryBusyError, LibraryError
+from picsift.engine.lock import HOLDER_NAME, LibraryLock, LockHolder, describe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 # leaves a mark, then releases.
 WRITER = r"""
 import sys
-from engine.lock import LibraryLock
+from picsift.engine.lock import LibraryLock
 lock = LibraryLock(sys.argv[1], command="picsift index")
 lock.acquire()
 print("held", flush=True)

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import make_photo
-from engine.errors import ModelNotFoundError
-from engine.models import load_model
-from engine.models.blip_ce import itm_logits
-from engine.models.blip_vision import vision_tokens
+from picsift.engine.errors import ModelNotFoundError
+from picsift.engine.models import load_model
+from picsift.engine.models.blip_ce import itm_logits
+from picsift.engine.models.blip_vision import vision_tokens
 
 QUERIES = ["a dog runs on the beach", "two children play football in the park", "a red car on the street at night"]
 
@@ -189,7 +189,7 @@ def test_first_run_downloads_with_byte_progress(tiny_model_dir, tmp_path, monkey
     from huggingface_hub import constants
     from huggingface_hub.hf_api import RepoFile
 
-    import engine.models.registry as registry
+    import picsift.engine.models.registry as registry
 
     files = sorted(p.name for p in tiny_model_dir.iterdir())
     assert "model.safetensors" in files
@@ -244,7 +244,7 @@ def test_download_takes_bin_weights_only_where_there_are_no_safetensors(monkeypa
     import huggingface_hub
     from huggingface_hub.utils import filter_repo_objects
 
-    from engine.models.download import download
+    from picsift.engine.models.download import download
 
     listings = {"org/both": ["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5", "README.md"],
                 "org/bin-only": ["config.json", "pytorch_model.bin", "flax_model.msgpack", "onnx/model.onnx",
@@ -277,14 +277,14 @@ def test_text_only_load_embeds_queries_as_the_full_model_does(tiny_model, tiny_m
     assert text.be.parameter_count() < 0.6 * full
     with pytest.raises(RuntimeError, match="text queries only"):
         text.encode_images([Image.new("RGB", (40, 40))])
-    assert "engine.models.blip_text" in sys.modules
+    assert "picsift.engine.models.blip_text" in sys.modules
 
 
 def test_search_without_rerank_loads_the_text_side_only(tiny_model_dir, tmp_path, monkeypatch, capsys):
     import json
 
-    import engine.models.registry as registry
-    from engine.cli import main
+    import picsift.engine.models.registry as registry
+    from picsift.engine.cli import main
 
     photos = tmp_path / "p"
     for i in range(4):
@@ -322,7 +322,7 @@ def test_loads_on_three_threads_at_once_all_succeed(tiny_model_dir):
 
     code = f"""
 import threading
-from engine.models import load_model
+from picsift.engine.models import load_model
 keys, errors = [], []
 def go():
     try:

@@ -8,8 +8,8 @@ import unicodedata
 
 import pytest
 
-from engine import paths
-from engine.paths import folder_bounds, is_case_sensitive, is_under, normalize_path, path_key
+from picsift.engine import paths
+from picsift.engine.paths import folder_bounds, is_case_sensitive, is_under, normalize_path, path_key
 
 ROOT = normalize_path(os.sep + "data")
 

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from conftest import make_photo
-from engine.indexer import index_folders
-from engine.library import Library
-from engine.models import load_model
-from engine.models.random_blip import build_random_blip
-from engine.search import Searcher
-from engine.token_cache import TokenCache, decode_tokens, encode_tokens
+from picsift.engine.indexer import index_folders
+from picsift.engine.library import Library
+from picsift.engine.models import load_model
+from picsift.engine.models.random_blip import build_random_blip
+from picsift.engine.search import Searcher
+from picsift.engine.token_cache import TokenCache, decode_tokens, encode_tokens
 
 SUBJECTS = ["a dog", "two children", "a woman", "a red car", "a black cat", "people", "a man", "a horse"]
 PLACES = ["on the beach", "in the park", "in the snow", "on the street", "near the water"]
@@ -77,7 +77,7 @@ def build(tmp_path, model_dir, precision, photos):
 
 
 def test_auto_computes_in_bf16_where_the_cpu_has_it_and_caches_int8(tiny_model_dir, tmp_path, photos):
-    from engine.machine import has_bf16_instructions
+    from picsift.engine.machine import has_bf16_instructions
 
     lib, model = build(tmp_path, tiny_model_dir, "auto", photos)
     try:
@@ -89,12 +89,12 @@ def test_auto_computes_in_bf16_where_the_cpu_has_it_and_caches_int8(tiny_model_d
 
 
 def test_auto_falls_back_to_fp32_without_bf16_instructions(monkeypatch):
-    import engine.machine
-    from engine.models.device import resolve_precision
+    import picsift.engine.machine
+    from picsift.engine.models.device import resolve_precision
 
-    monkeypatch.setattr(engine.machine, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    monkeypatch.setattr(picsift.engine.machine, "cpu_flags", lambda: {"avx2", "fma", "avx512f"})
     assert resolve_precision("auto", "cpu") == "fp32"
-    monkeypatch.setattr(engine.machine, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setattr(picsift.engine.machine, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
     assert resolve_precision("auto", "cpu") == "bf16"
     assert resolve_precision("auto", "cuda") == "fp16" and resolve_precision("fp32", "cpu") == "fp32"
 
@@ -103,7 +103,7 @@ def test_bf16_keeps_ce_probabilities_and_top5_at_base_width(base_width_dir, phot
     """The vision encoder and the CE under bf16 autocast against fp32, the base-width model (outlier
     channels included), 20 queries x 20 photos; the int8 cache's thresholds. The query's text side
     stays fp32, so the BE vectors of texts are identical. Observed: worst difference about 0.01."""
-    from engine.machine import has_bf16_instructions
+    from picsift.engine.machine import has_bf16_instructions
 
     if not has_bf16_instructions():
         pytest.skip("this CPU has no native bf16: auto does not use it here")

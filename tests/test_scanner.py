@@ -1,4 +1,4 @@
-"""engine.scanner.scan: which files are listed, with what size and time, what is skipped, and what is
+"""picsift.engine.scanner.scan: which files are listed, with what size and time, what is skipped, and what is
 reported when a folder or link cannot be walked."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from engine import scanner
-from engine.scanner import FileEntry, scan
+from picsift.engine import scanner
+from picsift.engine.scanner import FileEntry, scan
 
 from conftest import make_photo
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.captions import import_collection
-from engine.indexer import index_folders
-from engine.search import Searcher, order_hits, Hit
+from picsift.engine.captions import import_collection
+from picsift.engine.indexer import index_folders
+from picsift.engine.search import Searcher, order_hits, Hit
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_scope_limits_results_to_a_folder(indexed, tiny_model, photo_folder):
 
 
 def test_cancel_stops_the_rerank(indexed, tiny_model):
-    from engine.jobs import CancelToken
+    from picsift.engine.jobs import CancelToken
 
     token = CancelToken()
     updates = []
@@ -154,9 +154,9 @@ def test_captions_are_reranked_by_the_ce(indexed, tiny_model, photo_folder, tmp_
 
 
 def test_search_with_another_model_is_refused(indexed, tmp_path):
-    from engine.errors import ModelMismatchError
-    from engine.models import load_model
-    from engine.models.random_blip import build_random_blip
+    from picsift.engine.errors import ModelMismatchError
+    from picsift.engine.models import load_model
+    from picsift.engine.models.random_blip import build_random_blip
 
     other = load_model(str(build_random_blip(tmp_path / "other", "tiny", seed=3)), device="cpu")
     with pytest.raises(ModelMismatchError):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.training.shapes import (
+from picsift.engine.training.shapes import (
     COLOURS,
     MIN_TRAIN,
     SIZES,

@@ -16,7 +16,7 @@ def shrunk_model_dir(tmp_path_factory, tiny_model_dir):
     """The tiny random model with a shrunk-CE overlay: its cross-attention and matching head perturbed."""
     from transformers import BlipForImageTextRetrieval
 
-    from engine.models import shrunk_ce
+    from picsift.engine.models import shrunk_ce
 
     folder = tmp_path_factory.mktemp("shrunk") / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -31,7 +31,7 @@ def shrunk_model_dir(tmp_path_factory, tiny_model_dir):
 
 
 def test_the_torch_and_numpy_poolings_agree():
-    from engine.models.blip_ce import pool_grid
+    from picsift.engine.models.blip_ce import pool_grid
 
     t = np.random.default_rng(0).normal(size=(3, 37, 5)).astype(np.float32)  # CLS and a 6x6 grid
     a = pool_grid(t, 2)
@@ -48,7 +48,7 @@ def _reference_probability(folder, image_path, query) -> float:
     from safetensors.torch import load_file
     from transformers import AutoProcessor, BlipForImageTextRetrieval
 
-    from engine.imaging import open_photo
+    from picsift.engine.imaging import open_photo
 
     model = BlipForImageTextRetrieval.from_pretrained(folder).eval()
     model.load_state_dict(load_file(str(folder / "shrunk_ce.safetensors")), strict=False)
@@ -71,8 +71,8 @@ def _reference_probability(folder, image_path, query) -> float:
 
 def test_a_shrunk_ce_reads_the_pooled_grid_and_keeps_the_checkpoints_be(tiny_model, tiny_model_dir,
                                                                        shrunk_model_dir, photo_folder):
-    from engine.imaging import open_photo
-    from engine.models import load_model
+    from picsift.engine.imaging import open_photo
+    from picsift.engine.models import load_model
 
     model = load_model(str(shrunk_model_dir), device="cpu", precision="fp32")
     assert model.be.key == tiny_model.be.key  # the overlay is not part of the checkpoint's identity
@@ -93,9 +93,9 @@ def test_a_shrunk_ce_reads_the_pooled_grid_and_keeps_the_checkpoints_be(tiny_mod
 def test_an_overlay_with_weights_outside_the_ce_is_refused_with_a_clear_message(tiny_model_dir, tmp_path):
     from safetensors.torch import save_file
 
-    from engine.errors import ModelNotFoundError
-    from engine.models import load_model
-    from engine.models.shrunk_ce import SHRUNK_CONFIG, SHRUNK_WEIGHTS
+    from picsift.engine.errors import ModelNotFoundError
+    from picsift.engine.models import load_model
+    from picsift.engine.models.shrunk_ce import SHRUNK_CONFIG, SHRUNK_WEIGHTS
 
     folder = tmp_path / "bad"
     shutil.copytree(tiny_model_dir, folder)
@@ -107,9 +107,9 @@ def test_an_overlay_with_weights_outside_the_ce_is_refused_with_a_clear_message(
 
 def test_switching_to_a_shrunk_ce_keeps_the_vectors_and_refills_the_cache_at_the_pooled_size(
         tiny_model, shrunk_model_dir, photo_folder, library):
-    from engine.indexer import index_folders
-    from engine.models import load_model
-    from engine.search import Searcher
+    from picsift.engine.indexer import index_folders
+    from picsift.engine.models import load_model
+    from picsift.engine.search import Searcher
 
     list(index_folders(library, tiny_model, [str(photo_folder)]))
     full_bytes = library.tokens.size_bytes
@@ -130,7 +130,7 @@ def test_switching_to_a_shrunk_ce_keeps_the_vectors_and_refills_the_cache_at_the
 
 def test_status_in_the_terminal_names_the_cache_layout(shrunk_model_dir, photo_folder, tmp_path, capsys,
                                                        _isolated_home):
-    from engine.cli import main
+    from picsift.engine.cli import main
 
     lib = str(tmp_path / "lib")
     assert main(["index", str(photo_folder), "--library", lib, "--model", str(shrunk_model_dir), "-q"]) == 0
@@ -144,7 +144,7 @@ def test_status_in_the_terminal_names_the_cache_layout(shrunk_model_dir, photo_f
 # ----- training ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_shapes(tmp_path_factory):
-    from engine.training.shapes import generate_shapes
+    from picsift.engine.training.shapes import generate_shapes
 
     folder = tmp_path_factory.mktemp("sc-shapes") / "set"
     generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=12, image_size=32, captions_per_image=2)
@@ -152,7 +152,7 @@ def small_shapes(tmp_path_factory):
 
 
 def _train(**kw):
-    from engine.training.train import TrainOptions, make_trainer
+    from picsift.engine.training.train import TrainOptions, make_trainer
 
     base = dict(batch_size=16, eval_every=1000, seed=2, device="cpu", mode="shrink-ce")
     base.update(kw)
@@ -162,9 +162,9 @@ def _train(**kw):
 def _ce_logits(folder, data, pooled_base=None) -> np.ndarray:
     """(captions, photos) CE log-odds through the product's code path; pooled_base: that checkpoint's CE
     reading the pooled grid without any training (the baseline a student must beat)."""
-    from engine.imaging import open_photo
-    from engine.models import load_model
-    from engine.models.blip_ce import pool_grid
+    from picsift.engine.imaging import open_photo
+    from picsift.engine.models import load_model
+    from picsift.engine.models.blip_ce import pool_grid
 
     model = load_model(str(folder), device="cpu", precision="fp32")
     images = [open_photo(str(p), model.image_size).image for p in data.images]
@@ -182,9 +182,9 @@ def _pair_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_a_shrunk_ce_distilled_briefly_orders_photos_like_the_full_ce(tiny_model_dir, small_shapes, tmp_path):
-    from engine.models.identity import content_identity
-    from engine.models.shrunk_ce import has_shrunk, trains
-    from engine.training.datasets import read_dataset
+    from picsift.engine.models.identity import content_identity
+    from picsift.engine.models.shrunk_ce import has_shrunk, trains
+    from picsift.engine.training.datasets import read_dataset
     from safetensors.torch import load_file
 
     out = tmp_path / "student"
@@ -209,7 +209,7 @@ def test_a_shrunk_ce_distilled_briefly_orders_photos_like_the_full_ce(tiny_model
 
 
 def test_shrink_ce_options_are_checked(tiny_model_dir, small_shapes, tmp_path):
-    from engine.training.train import TrainingError, TrainOptions
+    from picsift.engine.training.train import TrainingError, TrainOptions
 
     with pytest.raises(TrainingError, match="--init"):
         TrainOptions(data=str(small_shapes), out=str(tmp_path / "a"), mode="shrink-ce", init="tiny").check()
@@ -220,8 +220,8 @@ def test_shrink_ce_options_are_checked(tiny_model_dir, small_shapes, tmp_path):
 
 
 def test_make_random_model_can_add_a_shrunk_ce(tmp_path, capsys, _isolated_home):
-    from engine.cli import main
-    from engine.models import load_model
+    from picsift.engine.cli import main
+    from picsift.engine.models import load_model
 
     assert main(["make-random-model", str(tmp_path / "m"), "--shrunk-ce", "2", "-q"]) == 0
     model = load_model(str(tmp_path / "m"), device="cpu", precision="fp32")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.training.losses import (info_nce, matching_loss, mine_hard_negatives, pick_negatives,
+from picsift.engine.training.losses import (info_nce, matching_loss, mine_hard_negatives, pick_negatives,
                                     triplet_max_violation)
-from engine.training.recall import image_ranks, recall, recalls, rerank_top_k, text_ranks
+from picsift.engine.training.recall import image_ranks, recall, recalls, rerank_top_k, text_ranks
 
 
 def unit(rows):
@@ -157,7 +157,7 @@ def test_rerank_replaces_scores_inside_the_top_k_only():
 
 @pytest.fixture(scope="module")
 def shapes_set(tmp_path_factory):
-    from engine.training.shapes import generate_shapes
+    from picsift.engine.training.shapes import generate_shapes
 
     folder = tmp_path_factory.mktemp("shapes") / "set"
     generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=12, image_size=32, captions_per_image=2)
@@ -165,7 +165,7 @@ def shapes_set(tmp_path_factory):
 
 
 def _options(data, out, **kw):
-    from engine.training.train import TrainOptions
+    from picsift.engine.training.train import TrainOptions
 
     base = dict(data=str(data), out=str(out), mode="joint", init="tiny", image_size=32, steps=6, batch_size=8,
                 eval_every=2, be_loss="infonce", lr=3e-4, seed=5)
@@ -184,8 +184,8 @@ def _final_state(out):
 
 
 def test_a_stopped_run_resumes_where_it_stood_and_ends_as_an_uninterrupted_one(shapes_set, tmp_path):
-    from engine.jobs import CancelToken
-    from engine.training.train import Trainer
+    from picsift.engine.jobs import CancelToken
+    from picsift.engine.training.train import Trainer
 
     whole = tmp_path / "whole"
     events = list(Trainer(_options(shapes_set, whole)).run())
@@ -224,7 +224,7 @@ def test_a_stopped_run_resumes_where_it_stood_and_ends_as_an_uninterrupted_one(s
 
 
 def test_resume_refuses_other_settings_and_a_new_run_refuses_a_used_folder(shapes_set, tmp_path):
-    from engine.training.train import Trainer, TrainingError
+    from picsift.engine.training.train import Trainer, TrainingError
 
     out = tmp_path / "run"
     list(Trainer(_options(shapes_set, out, steps=2)).run())
@@ -239,8 +239,8 @@ def test_resume_refuses_other_settings_and_a_new_run_refuses_a_used_folder(shape
 def test_the_best_dev_checkpoint_is_kept_and_loads_as_a_model(shapes_set, tmp_path):
     import json
 
-    from engine.models import load_model
-    from engine.training.train import Trainer
+    from picsift.engine.models import load_model
+    from picsift.engine.training.train import Trainer
 
     out = tmp_path / "best"
     events = list(Trainer(_options(shapes_set, out, steps=4)).run())
@@ -279,7 +279,7 @@ def captioned_photos(photo_folder):
 
 
 def _evaluate(data, model, **kw):
-    from engine.training.evaluate import Evaluation, EvalOptions
+    from picsift.engine.training.evaluate import Evaluation, EvalOptions
 
     ev = Evaluation(EvalOptions(data=str(data), model="unused", **kw), model=model)
     for _ in ev.run():
@@ -288,8 +288,8 @@ def _evaluate(data, model, **kw):
 
 
 def test_the_be_row_ranks_as_picsift_search_does(captioned_photos, photo_folder, tiny_model, library):
-    from engine.indexer import Indexer
-    from engine.search import Searcher
+    from picsift.engine.indexer import Indexer
+    from picsift.engine.search import Searcher
 
     for _ in Indexer(library, tiny_model).run([str(photo_folder)]):
         pass
@@ -337,7 +337,7 @@ def test_eval_rows_follow_the_json_contract_and_coop_sits_between_be_and_ce(capt
 def test_distractors_enlarge_the_search_and_the_ce_alone_row_is_refused_above_its_pair_limit(
         captioned_photos, tiny_model, tmp_path):
     from conftest import make_photo
-    from engine.training.evaluate import EvalError
+    from picsift.engine.training.evaluate import EvalError
 
     for i in range(5):
         make_photo(tmp_path / "more" / f"d{i}.png", seed=100 + i)
@@ -354,7 +354,7 @@ def test_distractors_enlarge_the_search_and_the_ce_alone_row_is_refused_above_it
 
 
 def _cli(capsys, *argv):
-    from engine.cli import main
+    from picsift.engine.cli import main
 
     rc = main(list(argv))
     out, err = capsys.readouterr()
@@ -414,8 +414,8 @@ def test_training_and_eval_mistakes_are_one_sentence(tmp_path, capsys, tiny_mode
 
 def test_hard_negative_training_resumes_exactly_too(shapes_set, tmp_path):
     """The mined pool is part of the saved state: a run stopped between two minings goes on as the whole one."""
-    from engine.jobs import CancelToken
-    from engine.training.train import Trainer
+    from picsift.engine.jobs import CancelToken
+    from picsift.engine.training.train import Trainer
 
     whole = tmp_path / "whole"
     list(Trainer(_options(shapes_set, whole, mode="ce", hard_negatives=1.0, steps=5)).run())
@@ -437,8 +437,8 @@ def test_hard_negative_training_resumes_exactly_too(shapes_set, tmp_path):
 def test_a_short_training_on_a_generated_set_beats_chance(shapes_set, tmp_path):
     """Train the BE briefly on the shapes set, then evaluate it through the product's path: the photo a caption
     describes must rank far above where a chance ranking puts it."""
-    from engine.models import load_model
-    from engine.training.train import Trainer
+    from picsift.engine.models import load_model
+    from picsift.engine.training.train import Trainer
 
     out = tmp_path / "be"
     list(Trainer(_options(shapes_set, out, mode="be", steps=150, batch_size=32, eval_every=150, lr=2e-3)).run())
@@ -453,7 +453,7 @@ def test_a_short_training_on_a_generated_set_beats_chance(shapes_set, tmp_path):
 
 
 def test_the_report_states_each_claim_as_measured():
-    from engine.training.recipe import claims
+    from picsift.engine.training.recipe import claims
 
     def row(mode, k, ir1, ms, scoring="ce"):
         return {"mode": mode, "k": k, "scoring": scoring if mode == "coop" else None, "ir@1": ir1, "ir@5": 0,
@@ -489,7 +489,7 @@ def test_a_training_process_killed_with_sigkill_resumes_from_its_last_checkpoint
     import time
 
     def argv(out, *extra):
-        return [sys.executable, "-m", "engine.cli", "train", str(shapes_set), "--mode", "joint", "--init", "tiny",
+        return [sys.executable, "-m", "picsift.engine.cli", "train", str(shapes_set), "--mode", "joint", "--init", "tiny",
                 "--image-size", "32", "--steps", "40", "--batch-size", "8", "--eval-every", "5", "--be-loss",
                 "infonce", "--lr", "3e-4", "--seed", "5", "--out", str(out), "-q", *extra]
 

@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-from engine.bench import clustered_vectors
-from engine.vector_index import (
+from picsift.engine.bench import clustered_vectors
+from picsift.engine.vector_index import (
     GROWTH_FACTOR,
     VectorIndex,
     modality_gap_queries,

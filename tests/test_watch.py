@@ -16,7 +16,7 @@ pytest.importorskip("watchdog")
 
 @pytest.fixture
 def watcher():
-    from engine.watch import FolderWatcher
+    from picsift.engine.watch import FolderWatcher
 
     batches: list[list[str]] = []
     got = threading.Event()

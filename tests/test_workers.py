@@ -14,8 +14,8 @@ pytest.importorskip("PySide6")
 
 from PySide6.QtCore import QTimer  # noqa: E402
 
-from app.workers import GeneratorThread, _job_pool  # noqa: E402
-from engine.errors import PicsiftError  # noqa: E402
+from picsift.workers import GeneratorThread, _job_pool  # noqa: E402
+from picsift.engine.errors import PicsiftError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """Retrieval models as stages: a bi-encoder and rerankers, found by each checkpoint's config."""
 
-from engine.models.cascade import Cascade
-from engine.models.stages import BiEncoder, ImageEncoding, Reranker
-from engine.models.registry import DEFAULT_MODEL, is_cached, load_cascade, source_name
+from .cascade import Cascade
+from .stages import BiEncoder, ImageEncoding, Reranker
+from .registry import DEFAULT_MODEL, is_cached, load_cascade, source_name
 
 
 def load_model(model_id: str = DEFAULT_MODEL, device: str | None = "auto", precision: str | None = "auto",

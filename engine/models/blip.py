@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.errors import ModelNotFoundError
-from engine.models.stages import ImageEncoding, SharedLock
-from engine.models.blip_ce import itm_logits, pool_grid
-from engine.models.blip_vision import vision_tokens
-from engine.models.device import is_out_of_memory
-from engine.models.registry import FamilyStages, LoadOptions, register
+from ..errors import ModelNotFoundError
+from .stages import ImageEncoding, SharedLock
+from .blip_ce import itm_logits, pool_grid
+from .blip_vision import vision_tokens
+from .device import is_out_of_memory
+from .registry import FamilyStages, LoadOptions, register
 
 log = logging.getLogger("picsift.models")
 
@@ -67,7 +67,7 @@ class BlipCheckpoint:
     def attach_shrunk(self, pool: int, digest: str) -> None:
         """The CE's weights are a shrunk CE's (engine.models.shrunk_ce, applied at loading): it reads the
         patch grid pooled, and its key names that layout, so a rerank cache never mixes the two."""
-        from engine.models.shrunk_ce import pooled_tokens
+        from .shrunk_ce import pooled_tokens
 
         self.ce_pool = pool
         self.ce_shape = (pooled_tokens(self.token_shape[0], pool), self.token_shape[1])
@@ -223,7 +223,7 @@ class BlipCrossEncoder:
     @property
     def layout(self) -> str:
         """The image tokens it reads, in words (what the rerank cache holds)."""
-        from engine.models.shrunk_ce import layout
+        from .shrunk_ce import layout
 
         return layout(self.ckpt.token_shape[0], self.ckpt.ce_pool)
 
@@ -273,7 +273,7 @@ class BlipLateInteraction:
 
     @torch.inference_mode()
     def text_tokens(self, text: str) -> np.ndarray:
-        from engine.models.late_head import text_outputs
+        from .late_head import text_outputs
 
         ckpt = self.ckpt
         inputs = ckpt.text_inputs([text])
@@ -284,7 +284,7 @@ class BlipLateInteraction:
         return tokens[0][mask[0].bool()].float().cpu().numpy()
 
     def score(self, query_tokens: np.ndarray, photo_tokens: np.ndarray) -> np.ndarray:
-        from engine.models.late import maxsim
+        from .late import maxsim
 
         return maxsim(query_tokens, photo_tokens)
 
@@ -312,7 +312,7 @@ def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_
     if options.precision == "fp16":
         model.half()
     model.to(options.device)
-    from engine.models import shrunk_ce
+    from . import shrunk_ce
 
     pool = None
     if shrunk_ce.has_shrunk(folder):
@@ -328,10 +328,10 @@ def load_blip(folder: str, identity: str, name: str, options: LoadOptions, text_
         except ValueError as exc:
             raise ModelNotFoundError(name, f"its shrunk CE cannot pool this model's tokens: {exc}", local=True) from exc
     late = None
-    from engine.models import late as late_files
+    from . import late as late_files
 
     if late_files.has_head(folder):
-        from engine.models.late_head import load_head
+        from .late_head import load_head
 
         try:
             head = load_head(folder)

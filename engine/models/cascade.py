@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from engine.models.stages import BiEncoder, ImageEncoding, LateInteraction, Reranker, VisionBackbone
+from .stages import BiEncoder, ImageEncoding, LateInteraction, Reranker, VisionBackbone
 
 
 class Cascade:

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.errors import ModelNotFoundError
-from engine.models.registry import FamilyStages, LoadOptions, register
-from engine.models.stages import ImageEncoding
+from ..errors import ModelNotFoundError
+from .registry import FamilyStages, LoadOptions, register
+from .stages import ImageEncoding
 
 
 class ClipBiEncoder:

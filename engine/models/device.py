@@ -41,7 +41,7 @@ def resolve_precision(precision: str | None, device: str) -> str:
         # instructions bf16 is emulated and slower: fp32. Dynamic int8 quantisation of the linear layers
         # was 1.7x faster for the vision encoder but moved CE probabilities by up to 0.09: not used.
         if device == "cpu":
-            from engine.machine import has_bf16_instructions
+            from ..machine import has_bf16_instructions
 
             return "bf16" if has_bf16_instructions() else "fp32"
         return "fp16"

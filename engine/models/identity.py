@@ -42,8 +42,8 @@ def _file_digest(path: Path, memo: dict) -> str:
 def content_identity(folder: str | os.PathLike) -> str:
     """Hex digest of a checkpoint folder's config and weights (file names and contents)."""
     folder = Path(folder)
-    from engine.models.late import LI_FILES
-    from engine.models.shrunk_ce import SHRUNK_FILES
+    from .late import LI_FILES
+    from .shrunk_ce import SHRUNK_FILES
 
     # An LI head or a shrunk CE beside the weights is a stage of its own (its key names its own digest):
     # adding one keeps the checkpoint's BE vectors (and, for an LI head, the CE cache) valid.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.late import LI_CONFIG, LI_WEIGHTS, LiConfig, has_head, read_config
+from .late import LI_CONFIG, LI_WEIGHTS, LiConfig, has_head, read_config
 
 
 class LateInteractionHead(nn.Module):
@@ -80,7 +80,7 @@ def append_codes(hidden: torch.Tensor, mask: torch.Tensor | None, codes: torch.T
 
 def vision_outputs(vision_model, pixel_values: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
     """BLIP's vision encoder outputs (B, 1 + patches [+ K], Hv), codes appended after the embeddings."""
-    from engine.models.blip_vision import vision_tokens
+    from .blip_vision import vision_tokens
 
     return vision_tokens(vision_model, pixel_values, extra=codes)
 

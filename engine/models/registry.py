@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from engine.errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 log = logging.getLogger("picsift.models")
 
 DEFAULT_MODEL = "Salesforce/blip-itm-base-coco"
 
 # model_type in a checkpoint's config.json -> the module that registers its loader (imported on demand)
-FAMILY_MODULES = {"blip": "engine.models.blip", "clip": "engine.models.clip"}
+FAMILY_MODULES = {"blip": "picsift.engine.models.blip", "clip": "picsift.engine.models.clip"}
 
 _LOADERS: dict[str, Callable] = {}
 # One load at a time in a process: transformers' lazy imports are not thread-safe (two windows' loads, or a
@@ -107,7 +107,7 @@ def resolve_folder(model_id: str, on_download=None) -> str:
     except Exception as local_exc:  # not in the cache (or not a valid id)
         if not hub_reachable():
             raise ModelNotFoundError(name, str(local_exc)) from local_exc
-    from engine.models.download import download
+    from .download import download
 
     try:
         return download(name, on_download)
@@ -134,7 +134,7 @@ def is_cached(model_id: str) -> bool:
 
 
 def load_stages(model_id: str, options: LoadOptions, on_download=None, text_only: bool = False) -> FamilyStages:
-    from engine.models.identity import content_identity
+    from .identity import content_identity
 
     folder = resolve_folder(model_id, on_download)
     mtype = model_type_of(folder)
@@ -172,7 +172,7 @@ def text_side_loads_alone(model_id: str) -> bool:
     try:
         if model_type_of(folder) != "blip":
             return False
-        from engine.models import blip_text
+        from . import blip_text
 
         return blip_text.can_load(folder)
     except (ModelNotFoundError, OSError, ValueError):
@@ -180,9 +180,9 @@ def text_side_loads_alone(model_id: str) -> bool:
 
 
 def _load_text_side(model_id: str, precision: str | None):
-    from engine.models import blip_text
-    from engine.models.cascade import Cascade
-    from engine.models.identity import content_identity
+    from . import blip_text
+    from .cascade import Cascade
+    from .identity import content_identity
 
     folder = resolve_folder(model_id)
     name = source_name(model_id)
@@ -195,8 +195,8 @@ def _load_text_side(model_id: str, precision: str | None):
 
 
 def _load_cascade(model_id, ce_model, device, precision, on_download, text_only):
-    from engine.models.cascade import Cascade
-    from engine.models.device import pick_device, resolve_precision
+    from .cascade import Cascade
+    from .device import pick_device, resolve_precision
 
     dev, reason = pick_device(device)
     prec = resolve_precision(precision, dev)

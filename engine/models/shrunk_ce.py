@@ -45,7 +45,7 @@ def read_config(folder: str | Path) -> ShrunkConfig:
 def digest(folder: str | Path) -> str:
     """The overlay's own identity: its config and weights (the weights' hash remembered per file, as a
     checkpoint's is: BLIP base's overlay is about 110 MB)."""
-    from engine.models.identity import file_digest
+    from .identity import file_digest
 
     folder = Path(folder)
     h = hashlib.blake2b(digest_size=8)

@@ -35,7 +35,7 @@ def _positive_float(text: str) -> float:
 
 
 def _modes(text: str) -> list[str]:
-    from engine.training.evaluate import MODES
+    from .evaluate import MODES
 
     parts = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in parts if m not in MODES]
@@ -148,8 +148,8 @@ def _first_ctrl_c_cancels(cancel):
 def cmd_train(s) -> int:
     from tqdm import tqdm
 
-    from engine.jobs import CancelToken
-    from engine.training.train import TrainOptions, make_trainer
+    from ..jobs import CancelToken
+    from .train import TrainOptions, make_trainer
 
     a = s.args
     options = TrainOptions(data=a.data, out=a.out, mode=a.mode, model=a.model, init=a.init, image_size=a.image_size,
@@ -199,8 +199,8 @@ def cmd_train(s) -> int:
 def cmd_eval(s) -> int:
     from tqdm import tqdm
 
-    from engine.models import DEFAULT_MODEL
-    from engine.training.evaluate import Evaluation, EvalOptions, markdown_table, write_reports
+    from ..models import DEFAULT_MODEL
+    from .evaluate import Evaluation, EvalOptions, markdown_table, write_reports
 
     a = s.args
     options = EvalOptions(data=a.data, model=a.model or DEFAULT_MODEL, ce_model=a.ce_model, split=a.split,
@@ -239,7 +239,7 @@ def cmd_eval(s) -> int:
 def cmd_bench_data(s) -> int:
     from tqdm import tqdm
 
-    from engine.training.shapes import generate_shapes
+    from .shapes import generate_shapes
 
     a = s.args
     bar = None if a.quiet else tqdm(total=0, unit="image", desc="Drawing shapes", file=sys.stderr)
@@ -253,7 +253,7 @@ def cmd_bench_data(s) -> int:
         summary = generate_shapes(a.out, seed=a.seed, train=a.train, dev_groups=a.dev_groups,
                                   test_groups=a.test_groups, image_size=a.image_size, progress=progress)
     except ValueError as exc:
-        from engine.errors import PicsiftError
+        from ..errors import PicsiftError
 
         raise PicsiftError(str(exc)) from None
     finally:
@@ -274,8 +274,8 @@ def cmd_recipe(s) -> int:
 
     from tqdm import tqdm
 
-    from engine.machine import describe_cpu, matmul_gflops
-    from engine.training.recipe import RecipeOptions, run_recipe, write_quality
+    from ..machine import describe_cpu, matmul_gflops
+    from .recipe import RecipeOptions, run_recipe, write_quality
 
     a = s.args
     work = Path(a.work).expanduser().resolve()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, NamedTuple
 
-from engine.errors import DatasetError
+from ..errors import DatasetError
 
 FOLDER_CAPTION_FILES = ("captions.csv", "captions.tsv")
 IMAGES_FOLDER = "images"

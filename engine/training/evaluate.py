@@ -20,8 +20,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from engine.errors import PicsiftError
-from engine.training.recall import KS, image_ranks, recall, recalls, rerank_top_k, text_ranks
+from ..errors import PicsiftError
+from .recall import KS, image_ranks, recall, recalls, rerank_top_k, text_ranks
 
 MODES = ("be", "ce", "coop", "li", "be-li", "be-li-ce")
 DEFAULT_MODES = ("be", "ce", "coop")  # and the LI rows when the model has an LI head
@@ -80,8 +80,8 @@ class Gallery:
 
 
 def _distractor_paths(source: str, exclude: set[Path]) -> list[Path]:
-    from engine.imaging import is_supported
-    from engine.training.datasets import read_dataset
+    from ..imaging import is_supported
+    from .datasets import read_dataset
 
     p = Path(source).expanduser()
     if not p.exists():
@@ -107,8 +107,8 @@ class Evaluation:
 
     # ----- scoring ------------------------------------------------------------------
     def run(self) -> Iterator[EvalProgress]:
-        from engine.models import load_model
-        from engine.training.datasets import read_dataset
+        from ..models import load_model
+        from .datasets import read_dataset
 
         o = self.o
         yield EvalProgress("loading", message="reading the dataset")
@@ -156,7 +156,7 @@ class Evaluation:
                     np.concatenate(texts), np.concatenate(feats) if feats else None)
         self.gallery = g
         if want_li:
-            from engine.models.late import maxsim
+            from ..models.late import maxsim
 
             g.late = np.concatenate(late)
             self._li_queries = []
@@ -186,7 +186,7 @@ class Evaluation:
         yield EvalProgress("done", message="done", result=result)
 
     def _open(self, paths: Sequence[Path]):
-        from engine.imaging import open_photo
+        from ..imaging import open_photo
 
         return [open_photo(str(p), self.model.image_size).image for p in paths]
 
@@ -264,8 +264,8 @@ class Evaluation:
     def _add_bytes(self, g: Gallery, rows: list[dict]) -> None:
         """What each row's stages keep per photo: the BE vector (float32), the LI tokens (int8 and a scale per
         token), the CE's rerank cache entry (int8 tokens with their scales, picsift's default)."""
-        from engine.models.late import bytes_per_photo
-        from engine.token_cache import encode_tokens
+        from ..models.late import bytes_per_photo
+        from ..token_cache import encode_tokens
 
         be = int(g.image_vectors.shape[1]) * 4
         li = bytes_per_photo(g.late.shape[1:]) if g.late is not None else 0
@@ -327,7 +327,7 @@ class Evaluation:
 
 def _as_stored(tokens: np.ndarray) -> np.ndarray:
     """LI tokens as a library holds them: through int8 and back."""
-    from engine.models.late import decode_tokens, encode_tokens
+    from ..models.late import decode_tokens, encode_tokens
 
     return np.stack([decode_tokens(encode_tokens(t), t.shape) for t in tokens]) if len(tokens) else tokens
 

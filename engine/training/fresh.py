@@ -25,7 +25,7 @@ WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]", re.IGNORECASE)
 
 def vocabulary(captions: Iterable[str], min_count: int = 1, limit: int = 20_000) -> dict[str, int]:
     """BERT-style vocab: special tokens, punctuation, then the captions' lower-cased words by frequency."""
-    from engine.models.random_blip import PUNCT, SPECIAL
+    from ..models.random_blip import PUNCT, SPECIAL
 
     counts = Counter(w.lower() for c in captions for w in WORD.findall(c))
     words = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
@@ -77,8 +77,8 @@ def load_trainable(source: str):
     from transformers import AutoProcessor, BlipForImageTextRetrieval
     from transformers.utils import logging as hf_logging
 
-    from engine.errors import ModelNotFoundError
-    from engine.models.registry import model_type_of, resolve_folder, source_name
+    from ..errors import ModelNotFoundError
+    from ..models.registry import model_type_of, resolve_folder, source_name
 
     folder = resolve_folder(source)
     if model_type_of(folder) != "blip":

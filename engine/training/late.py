@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.training.train import Trainer, TrainingError, TrainProgress
+from .train import Trainer, TrainingError, TrainProgress
 
 
 class LateTrainer(Trainer):
@@ -23,9 +23,9 @@ class LateTrainer(Trainer):
     def _prepare_stage(self) -> Iterator[TrainProgress]:
         import torch
 
-        from engine.models.late import has_head
-        from engine.models.late_head import head_for, load_head
-        from engine.models.registry import resolve_folder
+        from ..models.late import has_head
+        from ..models.late_head import head_for, load_head
+        from ..models.registry import resolve_folder
 
         o = self.o
         encoders_train = o.train_encoders or bool(o.init)
@@ -80,7 +80,7 @@ class LateTrainer(Trainer):
     def _encode_images(self, pixels, batch: int = 64):
         import torch
 
-        from engine.models.late_head import vision_outputs
+        from ..models.late_head import vision_outputs
 
         return torch.cat([vision_outputs(self.model.vision_model, pixels[a:a + batch].to(self.device),
                                          self.head.image_codes) for a in range(0, len(pixels), batch)])
@@ -88,7 +88,7 @@ class LateTrainer(Trainer):
     def _encode_texts(self, ids, mask, batch: int = 256):
         import torch
 
-        from engine.models.late_head import text_outputs
+        from ..models.late_head import text_outputs
 
         outs, masks = [], []
         for a in range(0, len(ids), batch):
@@ -112,8 +112,8 @@ class LateTrainer(Trainer):
 
     # ----- the objective ------------------------------------------------------------------------
     def li_loss(self, step: int):
-        from engine.models.late_head import maxsim_matrix
-        from engine.training.losses import distillation_loss, score_matrix_nce
+        from ..models.late_head import maxsim_matrix
+        from .losses import distillation_loss, score_matrix_nce
 
         caps, imgs, unique, inverse = self._batch_tensors(step)
         with self._autocast():
@@ -141,7 +141,7 @@ class LateTrainer(Trainer):
         top photo for a caption is the teacher's (`agree`)."""
         import torch
 
-        from engine.training.recall import mean_recall, recalls
+        from .recall import mean_recall, recalls
 
         self.model.eval()
         self.head.eval()
@@ -157,7 +157,7 @@ class LateTrainer(Trainer):
         outputs, text mask) when computed before, else the encoders run now."""
         import torch
 
-        from engine.models.late_head import maxsim_matrix
+        from ..models.late_head import maxsim_matrix
 
         if outputs is None:
             outputs = (self._encode_images(pixels), *self._encode_texts(ids, mask))
@@ -171,7 +171,7 @@ class LateTrainer(Trainer):
 
     # ----- saving and resuming -------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        from engine.models.late_head import save_head
+        from ..models.late_head import save_head
 
         super().save_checkpoint()
         save_head(self.head, self.out)
@@ -191,10 +191,10 @@ class _Teacher:
     def __init__(self, source: str, device: str, trainer: Trainer):
         import torch
 
-        from engine.models.late import has_head
-        from engine.models.late_head import load_head
-        from engine.models.registry import resolve_folder
-        from engine.training.fresh import load_trainable
+        from ..models.late import has_head
+        from ..models.late_head import load_head
+        from ..models.registry import resolve_folder
+        from .fresh import load_trainable
 
         folder = resolve_folder(source)
         self.model, self.processor = load_trainable(source)
@@ -214,7 +214,7 @@ class _Teacher:
         teacher the vision encoder's tokens."""
         import torch
 
-        from engine.models.late_head import text_outputs, vision_outputs
+        from ..models.late_head import text_outputs, vision_outputs
 
         with torch.no_grad():
             if self.late is not None:
@@ -240,7 +240,7 @@ class _Teacher:
         """(B, U) teacher scores of a batch's captions against its photos."""
         import torch
 
-        from engine.models.late_head import maxsim_matrix
+        from ..models.late_head import maxsim_matrix
 
         with torch.no_grad():
             if self.late is not None:

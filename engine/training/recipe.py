@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from engine.training.evaluate import Evaluation, EvalOptions, markdown_table, plot_latency, plot_recall_vs_k
-from engine.training.train import Trainer, TrainOptions
+from .evaluate import Evaluation, EvalOptions, markdown_table, plot_latency, plot_recall_vs_k
+from .train import Trainer, TrainOptions
 
 
 HARD_NEGATIVES = 0.5
@@ -78,7 +78,7 @@ def flickr_splits(data: str, work: Path, dev: int = 50, test: int = 100) -> Path
     """A captions CSV with a split column for a captions folder that has none (flickr8k-dev): the last
     `test` photos are the test split, the `dev` before them the dev split, the rest train. The photos stay
     where they are; the CSV names them by absolute path."""
-    from engine.training.datasets import read_dataset
+    from .datasets import read_dataset
 
     d = read_dataset(data)
     n = len(d.images)
@@ -96,7 +96,7 @@ def flickr_splits(data: str, work: Path, dev: int = 50, test: int = 100) -> Path
 
 
 def run_recipe(o: RecipeOptions) -> Iterator[RecipeEvent]:
-    from engine.training.shapes import generate_shapes
+    from .shapes import generate_shapes
 
     work = Path(o.work).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)

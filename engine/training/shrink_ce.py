@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.training.train import Trainer, TrainingError, TrainProgress
+from .train import Trainer, TrainingError, TrainProgress
 
 CANDIDATES = 8  # the BE's top G photos each caption's candidate list holds
 RANDOM_CANDIDATES = 8  # and this many other photos drawn at random: the easy negatives keep their low scores
@@ -31,9 +31,9 @@ class ShrinkCeTrainer(Trainer):
     def _prepare_stage(self) -> Iterator[TrainProgress]:
         import torch
 
-        from engine.models.registry import resolve_folder
-        from engine.models.shrunk_ce import pooled_tokens, trains
-        from engine.training.fresh import load_trainable
+        from ..models.registry import resolve_folder
+        from ..models.shrunk_ce import pooled_tokens, trains
+        from .fresh import load_trainable
 
         o = self.o
         self.base_folder = Path(resolve_folder(o.model))
@@ -83,7 +83,7 @@ class ShrinkCeTrainer(Trainer):
     def _teacher_pixels(self, processor):
         import torch
 
-        from engine.imaging import open_photo
+        from ..imaging import open_photo
 
         size = int(self.teacher.config.vision_config.image_size)
         chunks = []
@@ -99,7 +99,7 @@ class ShrinkCeTrainer(Trainer):
                           for a in range(0, len(pixels), batch)])
 
     def _pool(self, tokens):
-        from engine.models.blip_ce import pool_grid
+        from ..models.blip_ce import pool_grid
 
         return pool_grid(tokens, self.o.pool)
 
@@ -139,7 +139,7 @@ class ShrinkCeTrainer(Trainer):
     def shrink_loss(self, step: int):
         import torch
 
-        from engine.training.losses import rerank_distillation_loss
+        from .losses import rerank_distillation_loss
 
         caps = torch.as_tensor(self.batch(step))
         teacher = self.teacher_scores(caps)
@@ -163,7 +163,7 @@ class ShrinkCeTrainer(Trainer):
         """The shrunk CE's recall over every dev pair, on the pooled tokens."""
         import torch
 
-        from engine.training.recall import mean_recall, recalls
+        from .recall import mean_recall, recalls
 
         self.model.eval()
         with torch.no_grad(), self._autocast():
@@ -175,8 +175,8 @@ class ShrinkCeTrainer(Trainer):
     # ----- saving -------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         """The checkpoint's own files, copied unchanged (its identity stays), and the overlay beside them."""
-        from engine.models import shrunk_ce
-        from engine.models.late import LI_FILES
+        from ..models import shrunk_ce
+        from ..models.late import LI_FILES
 
         self.out.mkdir(parents=True, exist_ok=True)
         for f in self.base_folder.iterdir():

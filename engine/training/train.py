@@ -19,8 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.errors import PicsiftError
-from engine.jobs import CancelToken
+from ..errors import PicsiftError
+from ..jobs import CancelToken
 
 MODES = ("be", "ce", "joint", "li", "shrink-ce")
 BE_LOSSES = ("triplet", "infonce")
@@ -136,9 +136,9 @@ class Trainer:
     def _prepare(self) -> Iterator[TrainProgress]:
         import torch
 
-        from engine.models.device import pick_device
-        from engine.training.datasets import read_dataset
-        from engine.training.fresh import fresh_model, load_trainable
+        from ..models.device import pick_device
+        from .datasets import read_dataset
+        from .fresh import fresh_model, load_trainable
 
         o = self.o
         state_file = self.state_dir / "state.pt"
@@ -200,7 +200,7 @@ class Trainer:
     def _pixels(self, paths):
         import torch
 
-        from engine.imaging import open_photo
+        from ..imaging import open_photo
 
         size = int(self.model.config.vision_config.image_size)
         chunks = []
@@ -314,7 +314,7 @@ class Trainer:
         return caps, imgs, unique, inverse
 
     def be_loss(self, step: int):
-        from engine.training.losses import info_nce, triplet_max_violation
+        from .losses import info_nce, triplet_max_violation
 
         caps, imgs, unique, inverse = self._batch_tensors(step)
         with self._autocast():
@@ -331,7 +331,7 @@ class Trainer:
         non-matching items over the whole training set (mined at each evaluation)."""
         import torch
 
-        from engine.training.losses import matching_loss, pick_negatives
+        from .losses import matching_loss, pick_negatives
 
         caps, imgs, _, _ = self._batch_tensors(step)
         gen = torch.Generator().manual_seed(self.o.seed * 1_000_003 + step)
@@ -360,7 +360,7 @@ class Trainer:
         """Refresh the hard-negative pool from the current BE over the whole training set."""
         import torch
 
-        from engine.training.losses import mine_hard_negatives
+        from .losses import mine_hard_negatives
 
         self.model.eval()
         with torch.no_grad(), self._autocast():
@@ -401,7 +401,7 @@ class Trainer:
         `mean` is what the best checkpoint is chosen by."""
         import torch
 
-        from engine.training.recall import mean_recall, recalls
+        from .recall import mean_recall, recalls
 
         self.model.eval()
         out: dict[str, float] = {}
@@ -439,7 +439,7 @@ class Trainer:
 
     # ----- the run ----------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        from engine.training.fresh import save_checkpoint
+        from .fresh import save_checkpoint
 
         save_checkpoint(self.model, self.processor, self.out)
 
@@ -509,11 +509,11 @@ def make_trainer(options: TrainOptions, cancel: CancelToken | None = None) -> Tr
     """The trainer of a run's mode: `Trainer` for be/ce/joint, `LateTrainer` for li, `ShrinkCeTrainer` for
     shrink-ce."""
     if options.mode == "shrink-ce":
-        from engine.training.shrink_ce import ShrinkCeTrainer
+        from .shrink_ce import ShrinkCeTrainer
 
         return ShrinkCeTrainer(options, cancel)
     if options.mode == "li":
-        from engine.training.late import LateTrainer
+        from .late import LateTrainer
 
         return LateTrainer(options, cancel)
     return Trainer(options, cancel)
