@@ -24,6 +24,14 @@ def hit_tooltip(hit) -> str:
     return "\n".join(lines)
 
 
+def match_label(hit) -> str:
+    """How well a hit matches, under its name: the CE's probability as a percentage once reranked, else the
+    BE's score (a cosine, not a probability)."""
+    if hit.rerank_score is not None:
+        return f"{hit.rerank_score:.0%} match"
+    return f"score {hit.score:.2f}"
+
+
 class ResultsModel(QAbstractListModel):
     def __init__(self, loader, tile: int = 160, parent=None):
         super().__init__(parent)
@@ -47,7 +55,8 @@ class ResultsModel(QAbstractListModel):
         hit = self.hits[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
             name = os.path.basename(hit.path)
-            return name if len(name) <= 24 else name[:21] + "…"
+            name = name if len(name) <= 24 else name[:21] + "…"
+            return f"{name}\n{match_label(hit)}"
         if role == Qt.ItemDataRole.DecorationRole:
             icon = self._icons.get(hit.path)
             if icon is None:
@@ -56,7 +65,7 @@ class ResultsModel(QAbstractListModel):
                 return self._placeholder
             return icon
         if role == Qt.ItemDataRole.SizeHintRole:
-            return QSize(self.tile + 16, self.tile + 32)  # room for any thumbnail shape and its label
+            return QSize(self.tile + 16, self.tile + 48)  # room for any thumbnail shape and its two lines
         if role == Qt.ItemDataRole.ToolTipRole:
             return hit_tooltip(hit)
         if role == HitRole:

@@ -589,3 +589,16 @@ def test_photos_added_and_deleted_while_the_window_is_open_are_picked_up(qtbot, 
         os.remove(photo_folder / "new" / "n0.jpg")
     qtbot.waitUntil(lambda: window.controller.library.store.count_photos() == 14, timeout=10_000)
     assert window.size_label.text().startswith("14 photos")
+
+
+def test_each_tile_shows_how_well_it_matches(qtbot, make_window, photo_folder):
+    window = make_window()
+    index_and_wait(qtbot, window, [photo_folder])
+    window.k_box.setValue(2)
+    window.search.setText("a green field")
+    collect_updates(qtbot, window, window.run_search)
+    labels = [window.results.data(window.results.index(r), Qt.ItemDataRole.DisplayRole)
+              for r in range(window.results.rowCount())]
+    hits = [window.results.hit_at(window.results.index(r)) for r in range(window.results.rowCount())]
+    assert labels[0].endswith(f"\n{hits[0].rerank_score:.0%} match")
+    assert labels[-1].endswith(f"\nscore {hits[-1].score:.2f}") and hits[-1].rerank_score is None
