@@ -34,7 +34,7 @@ class FilterBar(QWidget):
 
     DATES = (("Any time", None), ("Today", "today"), ("This week", "this week"), ("This month", "this month"),
              ("Last month", "last month"), ("Last 30 days", "last 30 days"), ("This year", "this year"),
-             ("Last year", "last year"))
+             ("Last year", "last year"), ("Dates…", "custom"))
     TYPES = (("Any type", None), ("JPEG", "jpg"), ("PNG", "png"), ("HEIC", "heic"), ("WebP", "webp"),
              ("TIFF", "tif"), ("GIF", "gif"))
     SHAPES = (("Any shape", None), ("Landscape", "landscape"), ("Portrait", "portrait"), ("Square", "square"))
@@ -65,6 +65,9 @@ class FilterBar(QWidget):
             self.sort.addItem(name, value)
         self.sort.setToolTip("Order of the results")
         self.sort.currentIndexChanged.connect(lambda _i: self.viewChanged.emit())
+        self.custom_range = ""  # what "Dates…" holds: 2023-06..2024-02, 2019, …
+        self.ask_range = None  # a function asking the user for a range (the window sets it)
+        self.date.activated.connect(self._on_date_activated)
         for combo in (self.date, self.type, self.shape):
             combo.currentIndexChanged.connect(lambda _i: self.filtersChanged.emit())
         row = QHBoxLayout(self)
@@ -82,9 +85,31 @@ class FilterBar(QWidget):
         combo.setToolTip(tip)
         return combo
 
+    def _on_date_activated(self, index: int) -> None:
+        if self.date.itemData(index) == "custom" and self.ask_range is not None:
+            text = self.ask_range(self.custom_range)
+            if text is None:  # cancelled: back to any time unless a range was set before
+                if not self.custom_range:
+                    self.date.setCurrentIndex(0)
+                return
+            self.set_custom_range(text)
+
+    def set_custom_range(self, text: str) -> None:
+        """Dates typed by the user (checked by the window with the engine's parser)."""
+        self.custom_range = text.strip()
+        i = self.date.findData("custom")
+        self.date.setItemText(i, f"Dates: {self.custom_range}" if self.custom_range else "Dates…")
+        if self.date.currentIndex() != i:
+            self.date.setCurrentIndex(i)  # emits filtersChanged
+        else:
+            self.filtersChanged.emit()
+
     def values(self) -> tuple[str | None, str | None, str | None]:
         """(date range, file type, orientation) as the engine's filter parsers read them; None for any."""
-        return self.date.currentData(), self.type.currentData(), self.shape.currentData()
+        date = self.date.currentData()
+        if date == "custom":
+            date = self.custom_range or None
+        return date, self.type.currentData(), self.shape.currentData()
 
     @property
     def min_score(self) -> float | None:

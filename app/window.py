@@ -94,6 +94,7 @@ class MainWindow(QMainWindow):
         self.filter_bar = FilterBar()
         self.filter_bar.filtersChanged.connect(self._on_filters_changed)
         self.filter_bar.viewChanged.connect(self._on_view_changed)
+        self.filter_bar.ask_range = self.ask_date_range
 
         # pages
         self.empty = QLabel(EMPTY_TEXT)
@@ -353,6 +354,18 @@ class MainWindow(QMainWindow):
         lo, hi = parse_date_range(date) if date else (None, None)
         f = Filters(taken_from=lo, taken_to=hi, types=parse_types(types) if types else (), orientation=shape)
         return None if f.empty else f
+
+    def ask_date_range(self, current: str) -> str | None:
+        """A date range typed by the user, checked by the engine's parser; None when cancelled."""
+        text, ok = QInputDialog.getText(self, "Photos taken", "Dates (2024, 2024-05, 2023-06..2024-02, 2024.., "
+                                        "last 30 days):", text=current)
+        while ok:
+            try:
+                parse_date_range(text)
+                return text
+            except PicsiftError as exc:
+                text, ok = QInputDialog.getText(self, "Photos taken", f"{exc}. Dates:", text=text)
+        return None
 
     def _on_filters_changed(self) -> None:
         if self.pages.currentIndex() == PAGE_RESULTS and (self.search.text().strip() or self.filter_bar.photo):

@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "include PATH: index it again from the next index")
     p.add_argument("path", nargs="?", metavar="PATH")
 
+    p = sub.add_parser("watch", parents=[common],
+                       help="keep the library current: index photo changes in its folders as they happen (Ctrl+C stops)")
+    p.add_argument("--debounce", type=float, default=2.0, metavar="S",
+                   help="seconds of quiet after a change before indexing (default 2)")
+
     p = sub.add_parser("install-desktop-entry", parents=[common],
                        help="add picsift to the desktop's application menu (Linux: a freedesktop entry and icon)")
     p.add_argument("--remove", action="store_true", help="take the entry and icon away again")
@@ -579,6 +584,42 @@ def cmd_folders(s: Session) -> int:
     return EXIT_OK
 
 
+def cmd_watch(s: Session) -> int:
+    """Index the library's folders once, then again whenever photos in them change, until interrupted."""
+    import queue
+
+    from .indexer import index_folders
+    from .watch import FolderWatcher
+
+    args = s.args
+    lib = s.library
+    folders = lib.store.folders()
+    if not folders:
+        raise PicsiftError("The library has no folders yet: picsift index FOLDER")
+    model = s.model
+    changed: queue.Queue = queue.Queue()
+    watcher = FolderWatcher(changed.put, debounce=max(0.1, args.debounce))
+    for problem in watcher.watch(folders, lib.excluded_folders()):
+        print(f"picsift: {problem}", file=sys.stderr)
+
+    def run(batch: list[str]) -> None:
+        last = None
+        for last in index_folders(lib, model, batch):
+            pass
+        if last is not None:
+            print(f"{time.strftime('%H:%M:%S')} {', '.join(shown(f) for f in batch)}: {last.summary()}", flush=True)
+
+    try:
+        run(folders)
+        _say(args, f"Watching {len(folders)} folder(s) for photo changes; Ctrl+C stops.")
+        while True:
+            batch = changed.get()
+            watcher.excluded = lib.excluded_folders()
+            run([f for f in batch if f in set(lib.store.folders())] or batch)
+    finally:
+        watcher.stop()
+
+
 def cmd_recent(s: Session) -> int:
     if s.args.clear:
         s.library.clear_recent_queries()
@@ -769,7 +810,7 @@ def cmd_bench(s: Session) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "recent": cmd_recent, "duplicates": cmd_duplicates, "folders": cmd_folders,
+COMMANDS = {"index": cmd_index, "search": cmd_search, "recent": cmd_recent, "duplicates": cmd_duplicates, "folders": cmd_folders, "watch": cmd_watch,
             "trash": cmd_trash, "captions": cmd_captions, "similar": cmd_similar,
             "status": cmd_status, "bench": cmd_bench, "collections": cmd_collections, "make-random-model": cmd_make_random_model}
 

@@ -602,3 +602,33 @@ def test_each_tile_shows_how_well_it_matches(qtbot, make_window, photo_folder):
     hits = [window.results.hit_at(window.results.index(r)) for r in range(window.results.rowCount())]
     assert labels[0].endswith(f"\n{hits[0].rerank_score:.0%} match")
     assert labels[-1].endswith(f"\nscore {hits[-1].score:.2f}") and hits[-1].rerank_score is None
+
+
+def test_a_typed_date_range_filters_the_search(qtbot, make_window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QInputDialog
+
+    from test_query import _jpeg_with_date
+
+    root = tmp_path / "dated"
+    for i in range(3):
+        _jpeg_with_date(root / f"old{i}.jpg", (60, 40), f"2019:05:0{i + 1} 10:00:00", i)
+        _jpeg_with_date(root / f"new{i}.jpg", (60, 40), f"2023:05:0{i + 1} 10:00:00", 10 + i)
+    window = make_window()
+    index_and_wait(qtbot, window, [root])
+    window.k_box.setValue(0)
+    window.search.setText("a photo")
+    collect_updates(qtbot, window, window.run_search)
+    answers = iter([("2019-13", True), ("2019", True)])  # a wrong date is asked again, with the reason
+    prompts = []
+
+    def get_text(parent, title, label, text=""):
+        prompts.append(label)
+        return next(answers)
+
+    monkeypatch.setattr(QInputDialog, "getText", staticmethod(get_text))
+    bar = window.filter_bar
+    updates = collect_updates(qtbot, window, lambda: bar._on_date_activated(bar.date.findData("custom")))
+    assert "not a real date" in prompts[1]
+    assert bar.date.currentText() == "Dates: 2019" and bar.values()[0] == "2019"
+    hits = updates[-1].hits
+    assert len(hits) == 3 and all("old" in h.path for h in hits)

@@ -77,3 +77,30 @@ def test_a_folder_that_cannot_be_watched_is_reported_and_the_rest_watched(watche
     assert len(problems) == 1 and "gone" in problems[0]
     make_photo(ok / "p.jpg", seed=1)
     assert _wait(watcher) and watcher.batches == [[str(ok)]]
+
+
+def test_picsift_watch_indexes_changes_as_they_happen(tiny_model_dir, photo_folder, tmp_path, _isolated_home):
+    import signal
+    import subprocess
+    import sys
+
+    from picsift.engine.cli import main
+    from picsift.engine.library import Library
+
+    lib = tmp_path / "lib"
+    assert main(["index", str(photo_folder), "--library", str(lib), "--model", str(tiny_model_dir), "-q"]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "picsift.engine.cli", "watch", "--library", str(lib),
+                             "--debounce", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # the first pass over the folders
+        assert "Nothing new to embed" in first, first + proc.stderr.read() if proc.poll() is not None else first
+        make_photo(photo_folder / "home" / "arrived.jpg", seed=77)
+        line = proc.stdout.readline()
+        assert "1 embedded" in line, line
+        library = Library(lib)
+        assert library.store.count_photos() == 13
+        library.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
