@@ -91,10 +91,11 @@ def pool_grid(tokens, factor: int = 2):
     a NumPy array or a torch tensor, returned as the same kind."""
     import numpy as np
 
+    from .shrunk_ce import pooled_tokens
+
     n, count, width = tokens.shape
+    pooled_tokens(count, factor)  # raises ValueError for a layout that is no grid divisible by factor
     g = int(round((count - 1) ** 0.5))
-    if g * g != count - 1 or g % factor:
-        raise ValueError(f"{count - 1} patch tokens do not form a grid divisible by {factor}")
     if factor == 1:
         return tokens
     grid = tokens[:, 1:].reshape(n, g // factor, factor, g // factor, factor, width)

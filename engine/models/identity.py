@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -52,9 +53,7 @@ def content_identity(folder: str | os.PathLike) -> str:
                    and (p.name == CONFIG_NAME or p.suffix in WEIGHT_SUFFIXES))
     if not any(p.name == CONFIG_NAME for p in files):
         raise FileNotFoundError(f"no {CONFIG_NAME} in {folder}")
-    with _memo_lock:
-        memo = _load_memo()
-        before = len(memo)
+    with _memo() as memo:
         outer = hashlib.blake2b(digest_size=10)
         for p in files:
             if p.name == CONFIG_NAME:
@@ -64,20 +63,24 @@ def content_identity(folder: str | os.PathLike) -> str:
             else:
                 digest = _file_digest(p, memo)
             outer.update(f"{p.name}:{digest};".encode())
-        if len(memo) != before:
-            _save_memo(memo)
     return outer.hexdigest()
 
 
 def file_digest(path: str | os.PathLike) -> str:
     """One file's content hash, remembered like a checkpoint's weights (for files beside a checkpoint)."""
+    with _memo() as memo:
+        return _file_digest(Path(path), memo)
+
+
+@contextmanager
+def _memo():
+    """The remembered file hashes, under the lock; written back when a hash was added."""
     with _memo_lock:
         memo = _load_memo()
         before = len(memo)
-        digest = _file_digest(Path(path), memo)
+        yield memo
         if len(memo) != before:
             _save_memo(memo)
-    return digest
 
 
 def _load_memo() -> dict:

@@ -200,7 +200,7 @@ def cmd_eval(s) -> int:
     from tqdm import tqdm
 
     from ..models import DEFAULT_MODEL
-    from .evaluate import Evaluation, EvalOptions, markdown_table, write_reports
+    from .evaluate import Evaluation, EvalOptions, markdown_table, shrunk, write_reports
 
     a = s.args
     options = EvalOptions(data=a.data, model=a.model or DEFAULT_MODEL, ce_model=a.ce_model, split=a.split,
@@ -230,7 +230,7 @@ def cmd_eval(s) -> int:
     else:
         print(f"{result['images']:,} photos ({result['distractors']:,} distractors), {result['queries']:,} caption "
               f"queries; split {result['split'] or 'all'}; {result['precision']}")
-        if (result.get("ce") or {}).get("pool", 1) > 1:
+        if shrunk(result):
             print(f"The CE is a shrunk CE: {result['ce']['layout']}.")
         print(markdown_table(result))
     return 0

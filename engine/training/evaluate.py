@@ -394,9 +394,13 @@ def row_name(row: dict, separate: bool, shrunk: bool = False) -> str:
     return f"{prefix}+Coop k={row['k']} ({ce if row['scoring'] == 'ce' else ce + '+BE'})"
 
 
+def shrunk(result: dict) -> bool:
+    """Whether an evaluation's CE was a shrunk CE (it read a pooled grid)."""
+    return (result.get("ce") or {}).get("pool", 1) > 1
+
+
 def markdown_table(result: dict, title: str | None = None) -> str:
     separate = result.get("ce_model") is not None
-    shrunk = (result.get("ce") or {}).get("pool", 1) > 1
     lines = []
     if title:
         lines += [f"**{title}**", ""]
@@ -405,7 +409,7 @@ def markdown_table(result: dict, title: str | None = None) -> str:
     for row in result["rows"]:
         vals = [row[k] * 100 for k in RECALL_KEYS]
         size = row.get("bytes_per_photo")
-        lines.append(f"| {row_name(row, separate, shrunk)} | " + " | ".join(f"{v:.1f}" for v in vals)
+        lines.append(f"| {row_name(row, separate, shrunk(result))} | " + " | ".join(f"{v:.1f}" for v in vals)
                      + f" | {statistics.mean(vals):.1f} | {row['ms_per_query']:.1f} | "
                      + (f"{size:,}" if size is not None else "–") + " |")
     return "\n".join(lines)

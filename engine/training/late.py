@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .train import Trainer, TrainingError, TrainProgress
+from .train import Trainer, TrainingError, TrainProgress, match_logits
 
 
 class LateTrainer(Trainer):
@@ -248,10 +248,6 @@ class _Teacher:
             b, u = len(caps), len(unique)
             t = caps.repeat_interleave(u)
             i = unique.repeat(b)
-            tokens = self.image[i.to(self.image.device)]
-            atts = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
-            hidden = self.model.text_encoder(input_ids=self.ids[t].to(self.device),
-                                             attention_mask=self.mask[t].to(self.device),
-                                             encoder_hidden_states=tokens, encoder_attention_mask=atts).last_hidden_state
-            logits = self.model.itm_head(hidden[:, 0, :]).float()
+            logits = match_logits(self.model, self.ids[t].to(self.device), self.mask[t].to(self.device),
+                                  self.image[i.to(self.image.device)])
             return (logits[:, 1] - logits[:, 0]).view(b, u)

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .train import Trainer, TrainingError, TrainProgress
+from .train import Trainer, TrainingError, TrainProgress, match_logits
 
 CANDIDATES = 8  # the BE's top G photos each caption's candidate list holds
 RANDOM_CANDIDATES = 8  # and this many other photos drawn at random: the easy negatives keep their low scores
@@ -69,7 +69,7 @@ class ShrinkCeTrainer(Trainer):
                 raise TrainingError("The teacher and the student must share a tokenizer.")
             self.teacher.to(self.device)
             with torch.no_grad():
-                self.teacher_full = self._vision(self.teacher, self._teacher_pixels(processor))
+                self.teacher_full = self._vision(self.teacher, self._pixels(self.data.images, self.teacher, processor))
         self.teacher.to(self.device).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -79,18 +79,6 @@ class ShrinkCeTrainer(Trainer):
             start = self.dev_figures()["mean"]
             yield TrainProgress("preparing", 0, o.steps, message=f"dev mean recall of the CE reading the pooled "
                                                                  f"grid before distillation: {start:.3f}")
-
-    def _teacher_pixels(self, processor):
-        import torch
-
-        from ..imaging import open_photo
-
-        size = int(self.teacher.config.vision_config.image_size)
-        chunks = []
-        for a in range(0, len(self.data.images), 64):
-            images = [open_photo(str(p), size).image for p in self.data.images[a:a + 64]]
-            chunks.append(processor(images=images, return_tensors="pt")["pixel_values"])
-        return torch.cat(chunks)
 
     def _vision(self, model, pixels, batch: int = 64):
         import torch
@@ -109,12 +97,7 @@ class ShrinkCeTrainer(Trainer):
     # ----- the objective ------------------------------------------------------------------------
     @staticmethod
     def _logit(model, ids, mask, tokens):
-        import torch
-
-        atts = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
-        hidden = model.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=tokens,
-                                    encoder_attention_mask=atts).last_hidden_state
-        logits = model.itm_head(hidden[:, 0, :]).float()
+        logits = match_logits(model, ids, mask, tokens)
         return logits[:, 1] - logits[:, 0]  # the match probability is its sigmoid
 
     def _pairs(self, caps):

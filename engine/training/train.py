@@ -197,16 +197,18 @@ class Trainer:
             params.append(self.log_temperature)
         return params
 
-    def _pixels(self, paths):
+    def _pixels(self, paths, model=None, processor=None):
+        """Model input pixels of photos, by the trained model's processor (or another model's: a teacher's)."""
         import torch
 
         from ..imaging import open_photo
 
-        size = int(self.model.config.vision_config.image_size)
+        model, processor = model or self.model, processor or self.processor
+        size = int(model.config.vision_config.image_size)
         chunks = []
         for a in range(0, len(paths), 64):
             images = [open_photo(str(p), size).image for p in paths[a:a + 64]]
-            chunks.append(self.processor(images=images, return_tensors="pt")["pixel_values"])
+            chunks.append(processor(images=images, return_tensors="pt")["pixel_values"])
         return torch.cat(chunks) if chunks else torch.zeros(0)
 
     def _tokens(self, captions):
@@ -297,12 +299,7 @@ class Trainer:
         return F.normalize(self.model.text_proj(hidden[:, 0, :]).float(), dim=-1)
 
     def itm_logits(self, ids, mask, tokens):
-        import torch
-
-        atts = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
-        hidden = self.model.text_encoder(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                         encoder_hidden_states=tokens, encoder_attention_mask=atts).last_hidden_state
-        return self.model.itm_head(hidden[:, 0, :]).float()
+        return match_logits(self.model, ids.to(self.device), mask.to(self.device), tokens)
 
     # ----- one step of each objective ---------------------------------------
     def _batch_tensors(self, step: int):
@@ -503,6 +500,17 @@ class Trainer:
                "dev_images": len(self.dev.images) if self.dev is not None else 0, "history": self.history}
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "training.json").write_text(json.dumps(log, indent=1))
+
+
+def match_logits(model, ids, mask, tokens):
+    """A BLIP retrieval model's ITM logits (B, 2) for (caption, image tokens) pairs, the reference forward
+    (differentiable; engine.models.blip_ce computes the same at query time in a cheaper order)."""
+    import torch
+
+    atts = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+    hidden = model.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=tokens,
+                                encoder_attention_mask=atts).last_hidden_state
+    return model.itm_head(hidden[:, 0, :]).float()
 
 
 def make_trainer(options: TrainOptions, cancel: CancelToken | None = None) -> Trainer:
