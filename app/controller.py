@@ -127,7 +127,8 @@ class Controller(QObject):
             self.notice.emit(problem[0].upper() + problem[1:] + ".")
 
     def _on_folders_changed(self, folders) -> None:
-        folders = [f for f in folders if f in set(self.library.store.folders())]
+        current = set(self.library.store.folders())
+        folders = [f for f in folders if f in current]
         if not folders:
             return
         if self.indexing or self.model is None or self.searcher is None:

@@ -13,16 +13,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from picsift.engine.cli import format_size
+
 PathRole = Qt.ItemDataRole.UserRole + 1
 ICON = 72
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 class DuplicatesDialog(QDialog):
@@ -79,7 +73,7 @@ class DuplicatesDialog(QDialog):
                 name = os.path.basename(m.path) + ("  (keep?)" if i == 0 else "")
                 res = f"{m.width} × {m.height}" if m.width and m.height else "unknown"
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.taken)) if m.taken else "unknown"
-                item = QTreeWidgetItem([name, _size(m.size), res, when, os.path.dirname(m.path)])
+                item = QTreeWidgetItem([name, format_size(m.size), res, when, os.path.dirname(m.path)])
                 item.setData(0, PathRole, m.path)
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
                 item.setCheckState(0, Qt.CheckState.Unchecked)

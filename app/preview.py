@@ -10,15 +10,8 @@ from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QImageReader, QPixmap
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout
 
+from picsift.engine.cli import format_size
 from picsift.results_model import HitRole
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 class PreviewDialog(QDialog):
@@ -79,7 +72,7 @@ class PreviewDialog(QDialog):
         if facts.get("width") and facts.get("height"):
             parts.append(f"{facts['width']} × {facts['height']}")
         if facts.get("bytes"):
-            parts.append(_size(facts["bytes"]))
+            parts.append(format_size(facts["bytes"]))
         parts.append(os.path.dirname(hit.path))
         match = f"match {hit.match:.2f}" + (" (reranked)" if hit.rerank_score is not None else "")
         parts.append(f"result {row + 1} of {self.model.rowCount()}, {match}")

@@ -615,7 +615,8 @@ def cmd_watch(s: Session) -> int:
         while True:
             batch = changed.get()
             watcher.excluded = lib.excluded_folders()
-            run([f for f in batch if f in set(lib.store.folders())] or batch)
+            current = set(lib.store.folders())
+            run([f for f in batch if f in current] or batch)
     finally:
         watcher.stop()
 
@@ -744,7 +745,7 @@ def cmd_make_random_model(s: Session) -> int:
         from .models import shrunk_ce
 
         try:
-            shrunk_ce.pooled_tokens(*_grid_tokens(path), s.args.shrunk_ce)
+            shrunk_ce.pooled_tokens(_grid_tokens(path), s.args.shrunk_ce)
         except ValueError as exc:
             raise PicsiftError(f"--shrunk-ce {s.args.shrunk_ce} does not fit the {s.args.preset} preset: {exc}") from exc
         model = BlipForImageTextRetrieval.from_pretrained(path)
@@ -758,10 +759,10 @@ def cmd_make_random_model(s: Session) -> int:
     return EXIT_OK
 
 
-def _grid_tokens(folder) -> tuple[int]:
-    """(image tokens,) of a checkpoint's vision encoder: CLS and the patch grid."""
+def _grid_tokens(folder) -> int:
+    """Image tokens of a checkpoint's vision encoder: CLS and the patch grid."""
     cfg = json.loads((Path(folder) / "config.json").read_text())["vision_config"]
-    return ((cfg["image_size"] // cfg["patch_size"]) ** 2 + 1,)
+    return (cfg["image_size"] // cfg["patch_size"]) ** 2 + 1
 
 
 def cmd_bench(s: Session) -> int:

@@ -38,6 +38,7 @@ class DecodedPhoto:
     image: Image.Image  # RGB, EXIF orientation applied, possibly reduced by JPEG draft decoding
     width: int  # full size after orientation, as the file declares it
     height: int
+    taken: float | None = None  # when it was taken, by its EXIF (see photo_facts)
 
 
 def is_supported(name: str) -> bool:
@@ -76,6 +77,7 @@ def decode(data: bytes, target_size: int | None = None, max_pixels: int = MAX_PI
         # Read after loading: some formats (TIFF, HEIF) apply the orientation themselves, report the
         # already-rotated size and clear the tag; only an orientation still pending is applied here.
         orientation = _orientation(img)
+        taken = _taken(img)  # read before exif_transpose, which returns a copy without the EXIF
         img = ImageOps.exif_transpose(img) if orientation != 1 else img
         rgb = _to_rgb(img)
     except ImageError:
@@ -84,7 +86,7 @@ def decode(data: bytes, target_size: int | None = None, max_pixels: int = MAX_PI
         raise ImageError(f"corrupt or truncated image: {exc}") from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    return DecodedPhoto(rgb, w, h)
+    return DecodedPhoto(rgb, w, h, taken)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -140,18 +142,21 @@ def photo_facts(data: bytes) -> tuple[int | None, int | None, float | None]:
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size
-        exif = img.getexif()
     except Exception:
         return None, None, None
     if _orientation(img) in (5, 6, 7, 8):
         w, h = h, w
-    taken = None
+    return w, h, _taken(img)
+
+
+def _taken(img: Image.Image) -> float | None:
+    """An opened image's EXIF DateTimeOriginal (else DateTime) as seconds since the epoch, or None."""
     try:
+        exif = img.getexif()
         raw = exif.get_ifd(_EXIF_IFD).get(_DATE_TIME_ORIGINAL) or exif.get(_DATE_TIME)
-        taken = exif_time(raw) if raw else None
+        return exif_time(raw) if raw else None
     except Exception:
-        taken = None
-    return w, h, taken
+        return None
 
 
 def exif_time(value) -> float | None:

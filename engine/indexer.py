@@ -24,7 +24,7 @@ from .errors import ImageError, LibraryBusyError, LibraryReadOnlyError
 from .imaging import decode, photo_facts, read_file
 from .jobs import CancelToken
 from .library import Library
-from .paths import is_under, normalize_path
+from .paths import in_any, is_under, normalize_path
 from .scanner import FileEntry, folder_problem, scan
 from .token_cache import FORMATS, format_for
 
@@ -109,13 +109,14 @@ class Indexer:
             if known is not None and known.has_vector and known.hash == prep.content_hash:
                 prep.same_content = True
                 return prep
-            prep.width, prep.height, taken = photo_facts(data)
-            prep.taken = taken if taken is not None else entry.mtime_ns / 1e9
             if self.store.hashes_with_vectors(self.key, [prep.content_hash]):
-                prep.known_content = True
+                prep.known_content = True  # a copy or a move: its size and date from the header alone
+                prep.width, prep.height, taken = photo_facts(data)
+                prep.taken = taken if taken is not None else entry.mtime_ns / 1e9
                 return prep
             photo = decode(data, self.target_size)
             prep.width, prep.height = photo.width, photo.height
+            prep.taken = photo.taken if photo.taken is not None else entry.mtime_ns / 1e9
             prep.pixels = self.model.preprocess([photo.image])[0]
             if self._separate_rerankers:
                 prep.image = photo.image
@@ -175,7 +176,7 @@ class Indexer:
                     "." if found else ". Nothing under it was changed in the library."))
                 continue
             store.add_folder(root)
-            if any(root == e or is_under(root, e, case_sensitive=True) for e in excluded):
+            if in_any(root, excluded) is not None:
                 progress.messages.append(f"{root} is an excluded folder: not indexed ('picsift folders include' "
                                          "undoes it).")
                 continue

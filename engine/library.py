@@ -286,9 +286,16 @@ class Library:
     def forget_paths(self, paths: Sequence[str]) -> int:
         """Take photos out of the library by path (files moved to the trash): rows, vectors and cached
         features of content no other photo has; returns how many rows went."""
+        return self._forget("picsift: removing photos",
+                            lambda: [row.id for row in (self.store.photo(p) for p in paths) if row is not None])
+
+    def _forget(self, command: str, select) -> int:
+        """Delete the photos `select()` names, in one write: their rows, FAISS entries, and the vectors, LI
+        tokens and cached features of content no photo has any more; returns how many rows went. select runs
+        inside the transaction (what it writes commits with the deletion)."""
         key = self.store.be_key
-        with self.write_lock("picsift: removing photos").acquire(timeout=60), self.changing(key) as vi:
-            ids = [row.id for row in (self.store.photo(p) for p in paths) if row is not None]
+        with self.write_lock(command).acquire(timeout=60), self.changing(key) as vi:
+            ids = select()
             self.store.delete_photos(ids)
             if vi is not None:
                 vi.remove(ids)
@@ -296,53 +303,51 @@ class Library:
         self.tokens.keep_only(self.store.all_hashes())
         self.save_index(key)
         return len(ids)
+
+    def _strings(self, name: str) -> list[str]:
+        """A list of texts kept in the library's meta table as JSON (excluded folders, recent queries)."""
+        import json
+
+        try:
+            value = json.loads(self.store.get_meta(name) or "[]")
+        except ValueError:
+            return []
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    def _set_strings(self, name: str, values: Sequence[str]) -> None:
+        import json
+
+        self.store.set_meta(name, json.dumps(list(values), ensure_ascii=False) if values else None)
 
     # ----- excluded folders -------------------------------------------------
     def excluded_folders(self) -> list[str]:
         """Folders indexing does not walk (besides the built-in junk list), as the user gave them."""
-        import json
-
-        try:
-            value = json.loads(self.store.get_meta("excluded_folders") or "[]")
-        except ValueError:
-            return []
-        return [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
+        return self._strings("excluded_folders")
 
     def exclude_folder(self, path: str) -> int:
         """Stop indexing a folder: it joins the excluded list and the photos under it leave the library
         (the files are not touched). Returns how many photos left."""
-        import json
-
         from .paths import normalize_path
 
         folder = normalize_path(path)
-        excluded = self.excluded_folders()
-        key = self.store.be_key
-        with self.write_lock("picsift: excluding a folder").acquire(timeout=60), self.changing(key) as vi:
+
+        def select() -> list[int]:
+            excluded = self.excluded_folders()
             if folder not in excluded:
-                self.store.set_meta("excluded_folders", json.dumps(excluded + [folder], ensure_ascii=False))
-            ids = self.store.ids_under(folder)
-            self.store.delete_photos(ids)
-            if vi is not None:
-                vi.remove(ids)
-            self.store.sweep_vectors()
-        self.tokens.keep_only(self.store.all_hashes())
-        self.save_index(key)
-        return len(ids)
+                self._set_strings("excluded_folders", excluded + [folder])
+            return self.store.ids_under(folder)
+
+        return self._forget("picsift: excluding a folder", select)
 
     def include_folder(self, path: str) -> bool:
         """Take a folder off the excluded list (the next index walks it again); False when it was not there."""
-        import json
-
         from .paths import normalize_path
 
         folder = normalize_path(path)
         excluded = self.excluded_folders()
         if folder not in excluded:
             return False
-        self.store.set_meta("excluded_folders",
-                            json.dumps([p for p in excluded if p != folder], ensure_ascii=False) if len(excluded) > 1
-                            else None)
+        self._set_strings("excluded_folders", [p for p in excluded if p != folder])
         return True
 
     # ----- recent queries -------------------------------------------------
@@ -350,28 +355,20 @@ class Library:
 
     def recent_queries(self) -> list[str]:
         """The library's recent queries, newest first (what the search field offers)."""
-        import json
-
-        try:
-            value = json.loads(self.store.get_meta("recent_queries") or "[]")
-        except ValueError:
-            return []
-        return [q for q in value if isinstance(q, str)] if isinstance(value, list) else []
+        return self._strings("recent_queries")
 
     def remember_query(self, query: str) -> None:
         """Put a query first among the recent ones (once; at most RECENT_LIMIT kept). A read-only library
         keeps none."""
-        import json
-
         query = " ".join(query.split())
         if not query or self.read_only:
             return
         recent = [query] + [q for q in self.recent_queries() if q != query]
-        self.store.set_meta("recent_queries", json.dumps(recent[: self.RECENT_LIMIT], ensure_ascii=False))
+        self._set_strings("recent_queries", recent[: self.RECENT_LIMIT])
 
     def clear_recent_queries(self) -> None:
         if not self.read_only:
-            self.store.set_meta("recent_queries", None)
+            self._set_strings("recent_queries", [])
 
     def remove_folder(self, path: str) -> int:
         """Forget a library folder and the photos no other library folder holds (files are not touched)."""

@@ -88,6 +88,12 @@ def is_under(path: str | os.PathLike, folder: str | os.PathLike, case_sensitive:
     return p != f and p.startswith(_with_sep(f))
 
 
+def in_any(path: str, folders, case_sensitive: bool | None = True) -> str | None:
+    """The first of `folders` that is `path` or holds it (normalised paths, compared as is by default), or
+    None."""
+    return next((f for f in folders if path == f or is_under(path, f, case_sensitive=case_sensitive)), None)
+
+
 def folder_bounds(folder: str | os.PathLike, key: bool = False,
                   case_sensitive: bool | None = None) -> tuple[str, str]:
     """(lo, hi) such that `lo <= path < hi` in binary (code point) order holds exactly for the

@@ -44,7 +44,8 @@ def folder_problem(root: str) -> str | None:
     return f"folder not found: {root}" if not os.path.exists(root) else f"not a folder: {root}"
 
 
-def _skip_dir(name: str) -> bool:
+def skip_dir(name: str) -> bool:
+    """Folders never walked (nor watched): hidden ones and the junk list."""
     return name.startswith(".") or name in JUNK_DIRS
 
 
@@ -75,7 +76,7 @@ def scan(root: str, exclude: frozenset[str] | set[str] = frozenset()) -> ScanRes
             name = entry.name
             try:
                 if entry.is_dir(follow_symlinks=True):
-                    if not _skip_dir(name) and not (exclude and _normal(entry.path) in exclude):
+                    if not skip_dir(name) and not (exclude and _normal(entry.path) in exclude):
                         subdirs.append(entry.path)
                     continue
             except OSError:

@@ -353,7 +353,6 @@ class SearchSession:
         self.query = self.parsed.positive_text  # what the CE and the LI stage read ("" for a photo alone)
         self.scope = scope
         self.filters = filters
-        self.photo = photo
         self._exclude: int | None = None  # the photo the query starts from, when it is in the library
         self.n = max(0, n)
         self.candidates: list[Hit] = []

@@ -236,11 +236,15 @@ class Store:
         """When each photo was taken (EXIF DateTimeOriginal, else the file's time; seconds since the epoch),
         for the date filter. Added to schema 2 like the LI tokens: an older picsift ignores the column, and
         indexing fills it in for photos indexed before it existed."""
-        if "taken" not in self._columns("photos"):
+        if not self._has_taken():
             self._exec("ALTER TABLE photos ADD COLUMN taken REAL")
 
     def _columns(self, table: str) -> set[str]:
         return {r[1] for r in self._rows(f"PRAGMA table_info({table})")}
+
+    def _has_taken(self) -> bool:
+        """Whether photos have the date-taken column (a read-only library written before it lacks it)."""
+        return "taken" in self._columns("photos")
 
     def _upgrade_to_v2(self, fresh: bool) -> None:
         """Vectors move out of the photo and caption rows into tables keyed by model stage; a v1 library's
@@ -407,7 +411,7 @@ class Store:
     def photos_missing_facts(self, limit: int = 10_000) -> list[tuple[int, str, int]]:
         """(id, path, mtime_ns) of readable photos without a date taken or a size (indexed before picsift
         recorded them, or copies whose pixels were never decoded)."""
-        if "taken" not in self._columns("photos"):
+        if not self._has_taken():
             return []
         return self._rows("SELECT id, path, mtime_ns FROM photos WHERE status = ? AND (taken IS NULL OR width IS NULL "
                           "OR height IS NULL) LIMIT ?", (OK, limit))
@@ -426,7 +430,7 @@ class Store:
             where.append("path >= ? AND path < ?")
             args += [lo, hi]
         if filters.taken_from is not None or filters.taken_to is not None:
-            if "taken" not in self._columns("photos"):
+            if not self._has_taken():
                 return []  # a read-only library written before dates were kept
             if filters.taken_from is not None:
                 where.append("taken >= ?")
@@ -446,13 +450,13 @@ class Store:
 
     def photo_details(self) -> list[tuple]:
         """(id, path, size, width, height, taken, hash) of every readable photo (the duplicate finder)."""
-        taken = "taken" if "taken" in self._columns("photos") else "NULL"
+        taken = "taken" if self._has_taken() else "NULL"
         return self._rows(f"SELECT id, path, size, width, height, {taken}, hash FROM photos "
                           "WHERE status = ? AND hash IS NOT NULL ORDER BY id", (OK,))
 
     def photo_info(self, path: str) -> dict | None:
         """What a preview shows of an indexed photo: bytes, width, height, when taken; None when unknown."""
-        taken = "taken" if "taken" in self._columns("photos") else "NULL"
+        taken = "taken" if self._has_taken() else "NULL"
         rows = self._rows(f"SELECT size, width, height, {taken} FROM photos WHERE path = ?", (path,))
         if not rows:
             return None
@@ -462,7 +466,7 @@ class Store:
     def taken(self, ids: Sequence[int]) -> dict[int, float | None]:
         """When each photo was taken, by id."""
         out: dict[int, float | None] = {}
-        if "taken" not in self._columns("photos"):
+        if not self._has_taken():
             return {i: None for i in ids}
         ids = list(ids)
         for a in range(0, len(ids), 500):

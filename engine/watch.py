@@ -11,8 +11,8 @@ import time
 from typing import Callable, Iterable
 
 from .imaging import is_supported
-from .paths import is_under, normalize_path
-from .scanner import JUNK_DIRS
+from .paths import in_any, is_under, normalize_path
+from .scanner import skip_dir
 
 log = logging.getLogger("picsift.watch")
 
@@ -89,14 +89,14 @@ class FolderWatcher:
     def relevant(self, path: str, is_dir: bool) -> str | None:
         """The library folder a changed path belongs to, or None when the change does not matter."""
         path = normalize_path(path)
-        root = next((r for r in self.roots if path == r or is_under(path, r, case_sensitive=True)), None)
+        root = in_any(path, self.roots)
         if root is None:
             return None
         rel = os.path.relpath(path, root).split(os.sep)
         parts = rel if is_dir else rel[:-1]
-        if any(p.startswith(".") or p in JUNK_DIRS for p in parts if p not in ("", ".")):
+        if any(skip_dir(p) for p in parts if p not in ("", ".")):
             return None
-        if any(path == e or is_under(path, e, case_sensitive=True) for e in self.excluded):
+        if in_any(path, self.excluded) is not None:
             return None
         if not is_dir and (os.path.basename(path).startswith(".") or not is_supported(path)):
             return None
