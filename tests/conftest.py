@@ -71,6 +71,35 @@ def make_photo(path, seed: int, size=(48, 40), fmt=None) -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def small_shapes(tmp_path_factory):
+    """A small shapes set (120 training photos of 32 px, 2 captions each, 3 dev and 12 test scenes): what
+    the training tests train and evaluate on."""
+    from picsift.engine.training.shapes import generate_shapes
+
+    folder = tmp_path_factory.mktemp("shapes") / "set"
+    generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=12, image_size=32, captions_per_image=2)
+    return folder
+
+
+def train_run(**options) -> list:
+    """Every progress event of a short CPU training run (batch 16, seed 2, no evaluation unless asked)."""
+    from picsift.engine.training.train import TrainOptions, make_trainer
+
+    base = dict(batch_size=16, eval_every=1000, seed=2, device="cpu")
+    base.update(options)
+    return list(make_trainer(TrainOptions(**base)).run())
+
+
+def pair_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Of each row's item pairs that both (captions x photos) score matrices order, the share ordered alike
+    (chance: 0.5)."""
+    da = np.sign(a[:, :, None] - a[:, None, :])
+    db = np.sign(b[:, :, None] - b[:, None, :])
+    both = (da != 0) & (db != 0)
+    return float((da == db)[both].mean())
+
+
 @pytest.fixture
 def photo_folder(tmp_path):
     """A folder of 12 distinct PNG and JPEG photos in two subfolders."""

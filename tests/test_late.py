@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pair_agreement, train_run
+
 
 # ----- MaxSim ------------------------------------------------------------------------------------------
 def test_maxsim_takes_each_text_tokens_best_photo_token_and_averages_over_the_text():
@@ -220,23 +222,6 @@ def test_search_from_the_terminal_reports_li_scores(late_model_dir, photo_folder
 
 
 # ----- training the head ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_shapes(tmp_path_factory):
-    from picsift.engine.training.shapes import generate_shapes
-
-    folder = tmp_path_factory.mktemp("li-shapes") / "set"
-    generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=12, image_size=32, captions_per_image=2)
-    return folder
-
-
-def _train(**kw):
-    from picsift.engine.training.train import TrainOptions, make_trainer
-
-    base = dict(batch_size=16, eval_every=1000, seed=2, device="cpu")
-    base.update(kw)
-    return list(make_trainer(TrainOptions(**base)).run())
-
-
 def _li_matrix(folder, data):
     """(captions, photos) LI scores of a checkpoint on a dataset, through the product's code path (the
     cascade's LI stage, int8 storage included)."""
@@ -260,7 +245,7 @@ def test_a_student_trained_briefly_agrees_with_its_teacher_better_than_chance(sm
 
     # the teacher: a fresh tiny model with the data's vocabulary and an inflated LI head (codes, every token)
     teacher = tmp_path / "teacher"
-    _train(data=str(small_shapes), out=str(teacher), mode="be", init="tiny", image_size=32, steps=1,
+    train_run(data=str(small_shapes), out=str(teacher), mode="be", init="tiny", image_size=32, steps=1,
            be_loss="infonce", dev_split=None)
     model = BlipForImageTextRetrieval.from_pretrained(teacher)
     torch.manual_seed(5)
@@ -272,7 +257,7 @@ def test_a_student_trained_briefly_agrees_with_its_teacher_better_than_chance(sm
     save_head(head_for(model.config, width=32, codes=4, keep_image=2), untrained)
 
     student = tmp_path / "student"
-    events = _train(data=str(small_shapes), out=str(student), mode="li", shrink_from=str(teacher), keep=2,
+    events = train_run(data=str(small_shapes), out=str(student), mode="li", shrink_from=str(teacher), keep=2,
                     steps=60, lr=3e-3, dev_split=None)
     assert events[-1].phase == "done"
     log = json.loads((student / "training.json").read_text())
@@ -285,7 +270,7 @@ def test_a_student_trained_briefly_agrees_with_its_teacher_better_than_chance(sm
     u = _li_matrix(untrained, test)
     assert s.shape == t.shape == (len(test.captions), len(test.images))
     # agreement: of each caption's photo pairs that both order, the share they order alike (chance: 0.5)
-    agree, before = _pair_agreement(s, t), _pair_agreement(u, t)
+    agree, before = pair_agreement(s, t), pair_agreement(u, t)
     assert agree > 0.6 and agree > before + 0.02, (agree, before)
 
 
@@ -305,7 +290,7 @@ def test_an_li_head_distilled_from_a_ce_orders_photos_like_the_ce(tiny_model_dir
     save_head(head_for(BlipForImageTextRetrieval.from_pretrained(untrained).config, width=32, keep_image=2),
               untrained)
     student = tmp_path / "student"
-    events = _train(data=str(small_shapes), out=str(student), mode="li", shrink_from=str(tiny_model_dir), keep=2,
+    events = train_run(data=str(small_shapes), out=str(student), mode="li", shrink_from=str(tiny_model_dir), keep=2,
                     li_width=32, steps=80, lr=3e-3, dev_split=None)
     assert events[-1].phase == "done"
     assert json.loads((student / "late_interaction.json").read_text())["image_codes"] == 0
@@ -315,25 +300,18 @@ def test_an_li_head_distilled_from_a_ce_orders_photos_like_the_ce(tiny_model_dir
     feats = ce.encode_images([open_photo(str(p), ce.image_size).image for p in test.images]).features[ce.ce.key]
     teacher = np.stack([ce.ce.logits(c, feats) for c in test.captions])
     s, u = _li_matrix(student, test), _li_matrix(untrained, test)
-    agree, before = _pair_agreement(s, teacher), _pair_agreement(u, teacher)
+    agree, before = pair_agreement(s, teacher), pair_agreement(u, teacher)
     assert agree > 0.6 and agree > before + 0.03, (agree, before)
-
-
-def _pair_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    da = np.sign(a[:, :, None] - a[:, None, :])
-    db = np.sign(b[:, :, None] - b[:, None, :])
-    both = (da != 0) & (db != 0)
-    return float((da == db)[both].mean())
 
 
 def test_inflating_trains_codes_and_head_and_keeps_the_encoders(small_shapes, tmp_path):
     from safetensors.torch import load_file
 
     base = tmp_path / "base"
-    _train(data=str(small_shapes), out=str(base), mode="be", init="tiny", image_size=32, steps=1,
+    train_run(data=str(small_shapes), out=str(base), mode="be", init="tiny", image_size=32, steps=1,
            be_loss="infonce", dev_split=None)
     out = tmp_path / "inflated"
-    events = _train(data=str(small_shapes), out=str(out), model=str(base), mode="li", codes=3, li_width=16,
+    events = train_run(data=str(small_shapes), out=str(out), model=str(base), mode="li", codes=3, li_width=16,
                     steps=8, dev_split="dev", eval_every=4)
     dev = [e.dev for e in events if e.dev]
     assert dev and "li_ir@1" in dev[-1]

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import pair_agreement, train_run
+
 
 @pytest.fixture(scope="module")
 def shrunk_model_dir(tmp_path_factory, tiny_model_dir):
@@ -142,21 +144,8 @@ def test_status_in_the_terminal_names_the_cache_layout(shrunk_model_dir, photo_f
 
 
 # ----- training ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def small_shapes(tmp_path_factory):
-    from picsift.engine.training.shapes import generate_shapes
-
-    folder = tmp_path_factory.mktemp("sc-shapes") / "set"
-    generate_shapes(folder, seed=3, train=120, dev_groups=3, test_groups=12, image_size=32, captions_per_image=2)
-    return folder
-
-
 def _train(**kw):
-    from picsift.engine.training.train import TrainOptions, make_trainer
-
-    base = dict(batch_size=16, eval_every=1000, seed=2, device="cpu", mode="shrink-ce")
-    base.update(kw)
-    return list(make_trainer(TrainOptions(**base)).run())
+    return train_run(mode="shrink-ce", **kw)
 
 
 def _ce_logits(folder, data, pooled_base=None) -> np.ndarray:
@@ -172,13 +161,6 @@ def _ce_logits(folder, data, pooled_base=None) -> np.ndarray:
     if pooled_base:
         feats = pool_grid(feats, 2)
     return np.stack([model.ce.logits(c, feats) for c in data.captions])
-
-
-def _pair_agreement(a: np.ndarray, b: np.ndarray) -> float:
-    da = np.sign(a[:, :, None] - a[:, None, :])
-    db = np.sign(b[:, :, None] - b[:, None, :])
-    both = (da != 0) & (db != 0)
-    return float((da == db)[both].mean())
 
 
 def test_a_shrunk_ce_distilled_briefly_orders_photos_like_the_full_ce(tiny_model_dir, small_shapes, tmp_path):
@@ -201,7 +183,7 @@ def test_a_shrunk_ce_distilled_briefly_orders_photos_like_the_full_ce(tiny_model
     student = _ce_logits(out, test)
     untrained = _ce_logits(tiny_model_dir, test, pooled_base=True)
     assert student.shape == teacher.shape == (len(test.captions), len(test.images))
-    agree, before = _pair_agreement(student, teacher), _pair_agreement(untrained, teacher)
+    agree, before = pair_agreement(student, teacher), pair_agreement(untrained, teacher)
     assert agree > before + 0.03, (agree, before)
     # and its match probabilities come nearer the teacher's
     sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
