@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import PicsiftError
 from .recall import KS, image_ranks, recall, recalls, rerank_top_k, text_ranks
+from .twins import pair_accuracy, read_twins, twin_triples
 
 MODES = ("be", "ce", "coop", "li", "be-li", "be-li-ce")
 DEFAULT_MODES = ("be", "ce", "coop")  # and the LI rows when the model has an LI head
@@ -74,6 +75,7 @@ class Gallery:
     ce: np.ndarray | None = None  # (captions, photos) CE logits; NaN where not computed
     late: np.ndarray | None = None  # (photos, M, width) LI tokens as the library stores them (int8, decoded)
     li: np.ndarray | None = None  # (captions, photos) LI scores
+    twins: dict = field(default_factory=dict)  # kind -> (N, 3) (caption, own photo, twin) triples
 
     def __post_init__(self):
         self.be = self.text_vectors @ self.image_vectors.T
@@ -154,6 +156,7 @@ class Evaluation:
             yield EvalProgress("captions", min(a + 256, len(data.captions)), len(data.captions))
         g = Gallery(gallery_paths, list(data.captions), list(data.caption_image), np.concatenate(vectors),
                     np.concatenate(texts), np.concatenate(feats) if feats else None)
+        g.twins = twin_triples(read_twins(o.data, paths), g.caption_image)
         self.gallery = g
         if want_li:
             from ..models.late import maxsim
@@ -171,6 +174,7 @@ class Evaluation:
         if want_ce:
             yield from self._score_pairs(g)
         rows = self._rows(g)
+        pairs = self._pair_accuracy(g)
         self._add_bytes(g, rows)
         yield from self._latency(g, rows)
         result = {"images": len(g.images), "queries": len(g.captions), "photos_with_captions": len(paths),
@@ -181,7 +185,8 @@ class Evaluation:
                   "ce": None if model.ce is None else {"tokens": model.ce.feature_shape[0],
                                                        "pool": getattr(model.ce, "pool", 1),
                                                        "layout": getattr(model.ce, "layout", None)},
-                  "skipped": dict(data.skipped), "rows": rows}
+                  "skipped": dict(data.skipped), "rows": rows, "pair_accuracy": pairs,
+                  "twin_triples": {k: len(v) for k, v in g.twins.items()}}
         self.result = result
         yield EvalProgress("done", message="done", result=result)
 
@@ -209,6 +214,9 @@ class Evaluation:
             kt = min(max(self.o.ks), first.shape[0])
             top_texts = np.argpartition(-first_t.T, kt - 1, axis=1)[:, :kt]
             need[top_texts, np.arange(g.be.shape[1])[:, None]] = True
+        for t in g.twins.values():  # the pair-accuracy diagnostic reads each caption's own photo and its twin
+            need[t[:, 0], t[:, 1]] = True
+            need[t[:, 0], t[:, 2]] = True
         return need
 
     def estimate_ce_seconds(self, g: Gallery, pairs: int) -> float:
@@ -260,6 +268,17 @@ class Evaluation:
                 r = staged_recalls(g.be, [(g.li, self.o.li_n), (g.ce, k)], g.caption_image)
                 rows.append(_row("be-li-ce", k, "ce", r, n=self.o.li_n))
         return rows
+
+    def _pair_accuracy(self, g: Gallery) -> dict[str, dict[str, float]]:
+        """Each scorer's pair accuracy on the data's near-miss twins (engine.training.twins); {} without twins."""
+        if not g.twins:
+            return {}
+        out = {"be": pair_accuracy(g.be, g.twins)}
+        if g.li is not None:
+            out["li"] = pair_accuracy(g.li, g.twins)
+        if g.ce is not None:
+            out["ce"] = pair_accuracy(g.ce, g.twins)
+        return out
 
     def _add_bytes(self, g: Gallery, rows: list[dict]) -> None:
         """What each row's stages keep per photo: the BE vector (float32), the LI tokens (int8 and a scale per
@@ -415,6 +434,23 @@ def markdown_table(result: dict, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def pair_table(result: dict) -> str:
+    """The twins diagnostic as a table: each scorer's pair accuracy per kind of twin ("" without twins)."""
+    pairs = result.get("pair_accuracy") or {}
+    if not pairs:
+        return ""
+    kinds = sorted(result.get("twin_triples") or next(iter(pairs.values())))
+    kinds = [k for k in kinds if k != "all"]
+    counts = result.get("twin_triples") or {}
+    lines = ["| scorer | " + " | ".join(f"{k} ({counts.get(k, 0):,} triples)" for k in kinds) + " | all |",
+             "| --- | " + " | ".join("---:" for _ in kinds) + " | ---: |"]
+    names = {"be": "BE", "ce": "shrunk CE" if shrunk(result) else "CE", "li": "LI"}
+    for scorer, acc in pairs.items():
+        lines.append(f"| {names[scorer]} | " + " | ".join(f"{100 * acc.get(k, float('nan')):.1f}" for k in kinds)
+                     + f" | {100 * acc['all']:.1f} |")
+    return "\n".join(lines)
+
+
 def plot_recall_vs_k(results: dict[str, dict], path: str | Path) -> Path:
     """R@1 (IR) of Coop against k, one line per model, with the BE and CE rows as flat references."""
     plt = _pyplot()
@@ -481,7 +517,8 @@ def write_reports(evaluation: Evaluation, result: dict, folder: str | Path) -> l
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "eval.json", out / "eval.md"]
     written[0].write_text(json.dumps(result, indent=1))
-    written[1].write_text(markdown_table(result) + "\n")
+    written[1].write_text(markdown_table(result) + "\n" + (f"\nPair accuracy on twins (%):\n\n{pair_table(result)}\n"
+                                                            if result.get("pair_accuracy") else ""))
     try:
         _pyplot()
     except EvalError:
