@@ -66,7 +66,14 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
                    help="triplet: batch-hard, both directions (default); infonce: contrastive, learnable temperature")
     p.add_argument("--margin", type=float, default=0.1, help="triplet margin (default 0.1)")
     p.add_argument("--hard-negatives", type=_probability, default=0.0, metavar="P",
-                   help="draw the CE's negative from the BE's nearest non-matching item with probability P")
+                   help="with --itm-negatives random: draw the CE's negative from the BE's nearest non-matching "
+                        "item of the training set with probability P (mined negatives that match are dropped)")
+    p.add_argument("--itm-negatives", choices=["itc", "random"], default="itc",
+                   help="the CE's negatives: itc draws a photo for each caption and a caption for each photo from "
+                        "the in-batch BE similarity (BLIP's; default); random draws one at random")
+    p.add_argument("--text-negatives", choices=["swap", "none"], default="swap",
+                   help="swap (default): the CE also learns to reject each caption with two of its colours, sizes, "
+                        "objects or its relation exchanged, against the caption's own photo; none: no such negatives")
     p.add_argument("--eval-every", type=positive_int, default=100, help="dev evaluation every N steps (default 100)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -116,11 +123,14 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--image-size", type=positive_int, default=64)
 
     p = sub.add_parser("recipe", parents=[common],
-                       help="the whole method here: shapes set, train BE, CE and Joint, evaluate, write the report")
+                       help="the whole method here: shapes set, train BE, CE and Joint, evaluate, write the report "
+                            '(--json prints {"joint", "sep", "distractors"}, each the `picsift eval --json` object)')
     p.add_argument("work", metavar="WORK", help="working folder (data, checkpoints, results); run again to go on")
     p.add_argument("--flickr", metavar="DATA", help="also run real photos: a captions folder such as flickr8k-dev")
     p.add_argument("--doc", metavar="MD", help="write the report there (e.g. docs/QUALITY.md) with its plots")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
+    p.add_argument("--shapes-seed", type=non_negative_int, default=None, metavar="S",
+                   help="draw the shapes set with seed S (default: --seed); each seed gets its own data folder")
     p.add_argument("--steps", type=positive_int, default=1500, help="steps of each training run (default 1500)")
     p.add_argument("--flickr-steps", type=positive_int, default=1000, help="steps on real photos (default 1000)")
 
@@ -155,7 +165,8 @@ def cmd_train(s) -> int:
     options = TrainOptions(data=a.data, out=a.out, mode=a.mode, model=a.model, init=a.init, image_size=a.image_size,
                            split=a.split, dev_split=a.dev_split, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                            weight_decay=a.weight_decay, be_loss=a.be_loss, margin=a.margin,
-                           hard_negatives=a.hard_negatives, eval_every=a.eval_every, seed=a.seed,
+                           hard_negatives=a.hard_negatives, itm_negatives=a.itm_negatives,
+                           text_negatives=a.text_negatives, eval_every=a.eval_every, seed=a.seed,
                            device=a.device, resume=a.resume, shrink_from=a.shrink_from, keep=a.keep,
                            keep_text=a.keep_text, codes=a.codes, li_width=a.li_width,
                            train_encoders=a.train_encoders, teacher_scale=a.teacher_scale,
@@ -200,7 +211,7 @@ def cmd_eval(s) -> int:
     from tqdm import tqdm
 
     from ..models import DEFAULT_MODEL
-    from .evaluate import Evaluation, EvalOptions, markdown_table, shrunk, write_reports
+    from .evaluate import Evaluation, EvalOptions, markdown_table, pair_table, shrunk, write_reports
 
     a = s.args
     options = EvalOptions(data=a.data, model=a.model or DEFAULT_MODEL, ce_model=a.ce_model, split=a.split,
@@ -233,6 +244,9 @@ def cmd_eval(s) -> int:
         if shrunk(result):
             print(f"The CE is a shrunk CE: {result['ce']['layout']}.")
         print(markdown_table(result))
+        if result.get("pair_accuracy"):
+            print("\nPair accuracy on twins (%: the caption's own photo scored above its twin; a bag of words is "
+                  "at 50):\n" + pair_table(result))
     return 0
 
 
@@ -279,7 +293,9 @@ def cmd_recipe(s) -> int:
 
     a = s.args
     work = Path(a.work).expanduser().resolve()
-    runs = [RecipeOptions(work=str(work / "shapes"), kind="shapes", seed=a.seed, steps=a.steps, device=a.device)]
+    shapes_seed = a.seed if a.shapes_seed is None else a.shapes_seed
+    runs = [RecipeOptions(work=str(work / ("shapes" if shapes_seed == 0 else f"shapes-{shapes_seed}")), kind="shapes",
+                          seed=a.seed, data_seed=shapes_seed, steps=a.steps, device=a.device)]
     if a.flickr:
         runs.append(RecipeOptions(work=str(work / "flickr"), kind="flickr", data=a.flickr, seed=a.seed,
                                   steps=a.flickr_steps, device=a.device))
@@ -311,7 +327,14 @@ def cmd_recipe(s) -> int:
         doc = write_quality(reports, dirs, Path(a.doc), commands, machine)
         print(f"Wrote {doc}.")
     for kind, rep in reports.items():
-        print(f"{kind}: {rep['timings_s']['total'] / 60:.1f} min; results in {dirs[kind] / 'recipe.json'}")
+        print(f"{kind}: {rep['timings_s']['total'] / 60:.1f} min; results in {dirs[kind] / 'recipe.json'}",
+              file=sys.stderr if a.json else sys.stdout)
+    if a.json:
+        shapes = reports["shapes"]
+        out = {k: shapes[k] for k in ("joint", "sep", "distractors")}
+        if "flickr" in reports:
+            out["flickr"] = {k: reports["flickr"][k] for k in ("joint", "sep")}
+        print(json.dumps(out, indent=1))
     return 0
 
 
@@ -323,6 +346,8 @@ def _argv_for_doc(a) -> list[str]:
         out += ["--doc", a.doc]
     if a.seed:
         out += ["--seed", str(a.seed)]
+    if a.shapes_seed is not None and a.shapes_seed != a.seed:
+        out += ["--shapes-seed", str(a.shapes_seed)]
     if a.steps != 1500:
         out += ["--steps", str(a.steps)]
     if a.flickr_steps != 1000:

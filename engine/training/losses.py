@@ -80,6 +80,57 @@ def pick_negatives(text_ids: torch.Tensor, image_ids: torch.Tensor, generator: t
     return t_rows, i_rows
 
 
+def itc_negatives(text: torch.Tensor, image: torch.Tensor, text_ids: torch.Tensor, image_ids: torch.Tensor,
+                  log_temperature: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BLIP's ITM negatives for a batch of B (caption, image) pairs: (for each pair's image, the batch row of a
+    negative caption; for each pair's caption, the batch row of a negative image), each drawn from the softmax
+    of the in-batch similarity text @ image.T / temperature with every item of the same photo masked, so hard
+    negatives come often and a same-photo pair never. -1 where the batch holds no other photo."""
+    temp = log_temperature.exp().clamp(0.001, 0.5)
+    sim = (text.float() @ image.float().T) / temp  # (B, B): caption row x image column
+    other = ~same_image(text_ids, image_ids)
+
+    def draw(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        weights = (torch.softmax(logits, dim=1) + 1e-4) * allowed  # the floor keeps every allowed item possible
+        rows = torch.full((len(logits),), -1, dtype=torch.long)
+        ok = allowed.any(dim=1)
+        if bool(ok.any()):
+            rows[ok] = torch.multinomial(weights[ok], 1, generator=generator).squeeze(1)
+        return rows
+
+    image_rows = draw(sim, other)  # caption b -> a negative image
+    text_rows = draw(sim.T, other.T)  # image b -> a negative caption
+    return text_rows, image_rows
+
+
+def false_negatives(images_for_caption: torch.Tensor, captions_for_image: torch.Tensor, captions: list[str],
+                    caption_image: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which mined negatives are true matches after all: (images_for_caption's, captions_for_image's) bool masks.
+    A negative image is false when the caption says what one of that photo's own captions says; a negative
+    caption, when it says what one of the photo's captions says. What a caption says is its meaning key
+    (`caption_key`): for the shapes set the scene it describes, otherwise its words, lower-cased."""
+    keys = [caption_key(c) for c in captions]
+    said: list[set] = [set() for _ in range(max(caption_image) + 1 if caption_image else 0)]
+    for k, i in zip(keys, caption_image):
+        said[i].add(k)
+    false_i = torch.tensor([[keys[c] in said[int(i)] for i in row] for c, row in enumerate(images_for_caption.tolist())],
+                           dtype=torch.bool).reshape(images_for_caption.shape)
+    false_t = torch.tensor([[keys[int(c)] in said[i] for c in row] for i, row in enumerate(captions_for_image.tolist())],
+                           dtype=torch.bool).reshape(captions_for_image.shape)
+    return false_i, false_t
+
+
+def caption_key(caption: str):
+    """What a caption says, for telling a false negative: the scene, when it is a shapes caption (any of its
+    paraphrases gives the same key), else its words lower-cased."""
+    from .shapes import parse_caption
+
+    try:
+        return parse_caption(caption).key()
+    except ValueError:
+        return " ".join(caption.lower().split())
+
+
 def mine_hard_negatives(text: torch.Tensor, image: torch.Tensor, caption_image: torch.Tensor,
                         top: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     """The BE's nearest non-matching items over a whole training set: (for each caption, the `top` most similar

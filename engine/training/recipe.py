@@ -27,7 +27,8 @@ class RecipeOptions:
     work: str
     kind: str = "shapes"  # "shapes" | "flickr"
     data: str | None = None  # flickr: the captions folder or file
-    seed: int = 0
+    seed: int = 0  # training
+    data_seed: int | None = None  # the shapes set's drawing (default: seed)
     steps: int = 1500
     batch_size: int = 64
     lr: float = 5e-4
@@ -59,7 +60,8 @@ def _train(o: RecipeOptions, data: Path, mode: str, out: Path, hard_negatives: f
     opts = TrainOptions(data=str(data), out=str(out), mode=mode, init=None if start else o.init,
                         model=str(start) if start else None, steps=o.steps, batch_size=o.batch_size,
                         lr=o.lr, be_loss=o.be_loss, eval_every=o.eval_every, seed=o.seed, device=o.device,
-                        hard_negatives=hard_negatives, resume=(out / ".picsift-train" / "state.pt").is_file())
+                        hard_negatives=hard_negatives, itm_negatives="random" if hard_negatives else "itc",
+                        resume=(out / ".picsift-train" / "state.pt").is_file())
     for ev in Trainer(opts).run():
         yield RecipeEvent(f"train {mode}", ev.message, ev.step, ev.steps, ev.losses)
 
@@ -105,9 +107,10 @@ def run_recipe(o: RecipeOptions) -> Iterator[RecipeEvent]:
     if o.kind == "shapes":
         data = work / "data"
         if not (data / "captions.csv").is_file():
-            yield RecipeEvent("generate", f"drawing the shapes set (seed {o.seed})")
+            seed = o.seed if o.data_seed is None else o.data_seed
+            yield RecipeEvent("generate", f"drawing the shapes set (seed {seed})")
             t = time.perf_counter()
-            generate_shapes(data, seed=o.seed)
+            generate_shapes(data, seed=seed)
             timings["generate"] = time.perf_counter() - t
     else:
         if not o.data:

@@ -24,7 +24,20 @@ from ..jobs import CancelToken
 
 MODES = ("be", "ce", "joint", "li", "shrink-ce")
 BE_LOSSES = ("triplet", "infonce")
+ITM_NEGATIVES = ("itc", "random")
+TEXT_NEGATIVES = ("swap", "none")
 STATE_DIR = ".picsift-train"  # inside the output folder: the resumable state, not part of the checkpoint
+
+
+@dataclass
+class SwapNegatives:
+    """The training captions' text negatives: swap rows start[c]..start[c]+count[c] belong to caption c."""
+
+    ids: object  # (S, L) token ids
+    mask: object
+    kinds: list[str]  # each row's kind of exchange (perturb.KINDS)
+    start: object  # (C,) long
+    count: object  # (C,) long
 
 
 class TrainingError(PicsiftError):
@@ -49,6 +62,11 @@ class TrainOptions:
     be_loss: str = "triplet"
     margin: float = 0.1
     hard_negatives: float = 0.0
+    # The CE's negatives: "itc" samples one photo per caption and one caption per photo from the in-batch BE
+    # similarity (BLIP's ITM), "random" draws one random in-batch swap per pair (the method's reference code)
+    itm_negatives: str = "itc"
+    # "swap": each caption also meets its own photo with two of its parts exchanged (engine.training.perturb)
+    text_negatives: str = "swap"
     eval_every: int = 100
     checkpoint_every: int | None = None  # default: eval_every
     dev_max_images: int = 100  # the dev figure reads at most this many dev photos (the CE scores all pairs)
@@ -84,6 +102,12 @@ class TrainOptions:
             raise TrainingError(f"--mode must be one of {', '.join(MODES)}, not '{self.mode}'.")
         if self.be_loss not in BE_LOSSES:
             raise TrainingError(f"--be-loss must be one of {', '.join(BE_LOSSES)}, not '{self.be_loss}'.")
+        if self.itm_negatives not in ITM_NEGATIVES:
+            raise TrainingError(f"--itm-negatives must be one of {', '.join(ITM_NEGATIVES)}, not "
+                                f"'{self.itm_negatives}'.")
+        if self.text_negatives not in TEXT_NEGATIVES:
+            raise TrainingError(f"--text-negatives must be one of {', '.join(TEXT_NEGATIVES)}, not "
+                                f"'{self.text_negatives}'.")
         if self.mode not in ("li", "shrink-ce") and self.shrink_from:
             raise TrainingError("--shrink-from belongs to --mode li and --mode shrink-ce.")
         if self.mode != "li" and self.keep:
@@ -109,6 +133,9 @@ class TrainOptions:
             raise TrainingError("--batch-size must be at least 2: negatives come from the batch.")
         if not 0.0 <= self.hard_negatives <= 1.0:
             raise TrainingError("--hard-negatives is a probability between 0 and 1.")
+        if self.hard_negatives > 0 and self.itm_negatives != "random":
+            raise TrainingError("--hard-negatives mines the BE's nearest items for --itm-negatives random; "
+                                "--itm-negatives itc already draws its negatives from the BE's similarity.")
         if self.margin < 0:
             raise TrainingError("--margin must not be negative.")
 
@@ -164,7 +191,7 @@ class Trainer:
         self.model.to(self.device)
         yield TrainProgress("preparing", 0, o.steps, message=f"decoding {len(self.data.images):,} photos")
         self.pixels = self._pixels(self.data.images)
-        self.ids, self.mask = self._tokens(self.data.captions)
+        self.ids, self.mask, self.swaps = self._caption_tokens()
         self.caption_image = torch.as_tensor(self.data.caption_image)
         if self.dev is not None:
             self.dev_pixels = self._pixels(self.dev.images)
@@ -182,6 +209,7 @@ class Trainer:
         self.step = 0
         self.seconds = 0.0  # training time over every segment of the run (resumed ones included)
         self.hard_pool = None  # (images for each caption, captions for each image): the BE's nearest negatives
+        self.false_negatives: dict | None = None  # of the last mining: negatives mined, and how many were matches
         self.best: float | None = None
         self.history: list[dict] = []
         if o.resume:
@@ -211,6 +239,28 @@ class Trainer:
             chunks.append(processor(images=images, return_tensors="pt")["pixel_values"])
         return torch.cat(chunks) if chunks else torch.zeros(0)
 
+    def _caption_tokens(self):
+        """Token ids and masks of the training captions, and their text negatives (--text-negatives swap) as
+        SwapNegatives, tokenised together so that both pad to one length; swaps is None without them."""
+        import torch
+
+        captions = list(self.data.captions)
+        if self.o.mode not in ("ce", "joint") or self.o.text_negatives == "none":
+            return (*self._tokens(captions), None)
+        from .perturb import perturb
+
+        texts, kinds, start, count = [], [], [], []
+        for c in captions:
+            swapped = perturb(c)
+            start.append(len(texts))
+            count.append(len(swapped))
+            texts.extend(swapped.values())
+            kinds.extend(swapped)
+        ids, mask = self._tokens(captions + texts)
+        n = len(captions)
+        return ids[:n], mask[:n], SwapNegatives(ids[n:], mask[n:], kinds, torch.as_tensor(start),
+                                                torch.as_tensor(count))
+
     def _tokens(self, captions):
         enc = self.processor.tokenizer(list(captions), padding="longest", truncation=True,
                                        max_length=self.o.max_text_tokens, return_tensors="pt")
@@ -221,7 +271,7 @@ class Trainer:
         return {"step": self.step, "best": self.best, "history": self.history, "seconds": self.seconds,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "log_temperature": self.log_temperature.detach().cpu(),
-                "hard_pool": self.hard_pool, "extra": self._extra_state(),
+                "hard_pool": self.hard_pool, "false_negatives": self.false_negatives, "extra": self._extra_state(),
                 "options": self._fingerprint()}
 
     def _extra_state(self) -> dict:
@@ -233,7 +283,8 @@ class Trainer:
     def _fingerprint(self) -> dict:
         o = self.o
         return {k: getattr(o, k) for k in ("mode", "steps", "batch_size", "seed", "be_loss", "split", "init",
-                                           "hard_negatives", "eval_every", "shrink_from", "keep", "keep_text",
+                                           "hard_negatives", "itm_negatives", "text_negatives", "eval_every", "shrink_from",
+                                           "keep", "keep_text",
                                            "codes", "li_width", "train_encoders")} | (
             {"pool": o.pool} if o.mode == "shrink-ce" else {}) | {
             "data": str(Path(o.data).expanduser().resolve()), "captions": len(self.data.captions)}
@@ -262,6 +313,7 @@ class Trainer:
             self.log_temperature.copy_(state["log_temperature"].to(self.device))
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.hard_pool = state.get("hard_pool")
+        self.false_negatives = state.get("false_negatives")
         self._load_extra_state(state.get("extra") or {})
         self.seconds = float(state.get("seconds", 0.0))
 
@@ -323,41 +375,69 @@ class Trainer:
         return triplet_max_violation(text, image, ids, ids, self.o.margin)
 
     def ce_loss(self, step: int):
-        """ITM loss on the batch's positives and one negative each: a random caption or photo of the batch
-        (caption swapped with probability 0.5), or with probability --hard-negatives one of the BE's 20 nearest
-        non-matching items over the whole training set (mined at each evaluation)."""
+        """ITM loss on the batch's positives and their negatives. --itm-negatives itc (BLIP's): for each caption
+        one photo, for each photo one caption, drawn from the softmax of the in-batch BE similarity with the
+        same photo's items masked. random (the method's reference): one random in-batch swap a pair (caption
+        swapped with probability 0.5), or with probability --hard-negatives one of the BE's 20 nearest
+        non-matching items over the whole training set (mined at each evaluation, false negatives dropped).
+        --text-negatives swap adds each caption with two of its parts exchanged, against its own photo."""
         import torch
 
-        from .losses import matching_loss, pick_negatives
+        from .losses import itc_negatives, matching_loss, pick_negatives
 
-        caps, imgs, _, _ = self._batch_tensors(step)
+        caps, imgs, unique, inverse = self._batch_tensors(step)
         gen = torch.Generator().manual_seed(self.o.seed * 1_000_003 + step)
-        t_rows, i_rows = pick_negatives(imgs, imgs, gen)
-        valid = (t_rows != torch.arange(len(caps))) | (i_rows != torch.arange(len(caps)))
-        neg_caps, neg_imgs = caps[t_rows].clone(), imgs[i_rows].clone()
-        if self.hard_pool is not None:
-            hard = torch.rand(len(caps), generator=gen) < self.o.hard_negatives
-            pick = torch.randint(self.hard_pool[0].shape[1], (len(caps),), generator=gen)
-            for j in torch.nonzero(hard & valid).flatten().tolist():
-                if t_rows[j] != j:  # the caption is the swapped side
-                    neg_caps[j] = self.hard_pool[1][imgs[j], pick[j] % self.hard_pool[1].shape[1]]
-                else:
-                    neg_imgs[j] = self.hard_pool[0][caps[j], pick[j]]
-        neg_caps, neg_imgs = neg_caps[valid], neg_imgs[valid]
-        text_rows = torch.cat([caps, neg_caps])
-        image_all = torch.cat([imgs, neg_imgs])
+        b = len(caps)
+        texts, images, labels = [caps], [imgs], [torch.ones(b)]  # rows of self.ids (or of swaps, below)
+        if self.o.itm_negatives == "itc":
+            with torch.no_grad(), self._autocast():
+                image_vec = self.image_vectors(self.image_tokens(self.pixels[unique]))[inverse]
+                text_vec = self.text_vectors(self.ids[caps], self.mask[caps])
+            t_rows, i_rows = itc_negatives(text_vec.cpu(), image_vec.cpu(), imgs, imgs,
+                                           self.log_temperature.detach().cpu(), gen)
+            keep_i, keep_t = i_rows >= 0, t_rows >= 0
+            texts += [caps[keep_i], caps[t_rows[keep_t]]]
+            images += [imgs[i_rows[keep_i]], imgs[keep_t]]
+            labels += [torch.zeros(int(keep_i.sum()) + int(keep_t.sum()))]
+        else:
+            t_rows, i_rows = pick_negatives(imgs, imgs, gen)
+            valid = (t_rows != torch.arange(b)) | (i_rows != torch.arange(b))
+            neg_caps, neg_imgs = caps[t_rows].clone(), imgs[i_rows].clone()
+            if self.hard_pool is not None:
+                hard = torch.rand(b, generator=gen) < self.o.hard_negatives
+                pick = torch.randint(self.hard_pool[0].shape[1], (b,), generator=gen)
+                images_for, captions_for = self.hard_pool[0], self.hard_pool[1]
+                for j in torch.nonzero(hard & valid).flatten().tolist():
+                    if t_rows[j] != j:  # the caption is the swapped side
+                        c = captions_for[imgs[j], pick[j] % captions_for.shape[1]]
+                        if c >= 0:  # -1: a false negative, dropped at mining; the random one stays
+                            neg_caps[j] = c
+                    elif images_for[caps[j], pick[j]] >= 0:
+                        neg_imgs[j] = images_for[caps[j], pick[j]]
+            texts.append(neg_caps[valid])
+            images.append(neg_imgs[valid])
+            labels.append(torch.zeros(int(valid.sum())))
+        ids, mask = self.ids[torch.cat(texts)], self.mask[torch.cat(texts)]
+        if self.swaps is not None:
+            has = self.swaps.count[caps] > 0
+            pick = (torch.rand(b, generator=gen) * self.swaps.count[caps]).long()
+            rows = (self.swaps.start[caps] + pick)[has]
+            ids = torch.cat([ids, self.swaps.ids[rows]])
+            mask = torch.cat([mask, self.swaps.mask[rows]])
+            images.append(imgs[has])
+            labels.append(torch.zeros(int(has.sum())))
+        image_all = torch.cat(images)
         unique, inverse = torch.unique(image_all, return_inverse=True)
         with self._autocast():
             tokens = self.image_tokens(self.pixels[unique])
-            logits = self.itm_logits(self.ids[text_rows], self.mask[text_rows], tokens[inverse.to(self.device)])
-        labels = torch.cat([torch.ones(len(caps)), torch.zeros(len(neg_caps))]).to(self.device)
-        return matching_loss(logits, labels)
+            logits = self.itm_logits(ids, mask, tokens[inverse.to(self.device)])
+        return matching_loss(logits, torch.cat(labels).to(self.device))
 
     def mine(self) -> None:
         """Refresh the hard-negative pool from the current BE over the whole training set."""
         import torch
 
-        from .losses import mine_hard_negatives
+        from .losses import false_negatives, mine_hard_negatives
 
         self.model.eval()
         with torch.no_grad(), self._autocast():
@@ -365,7 +445,12 @@ class Trainer:
                              for a in range(0, len(self.pixels), 128)])
             txt = torch.cat([self.text_vectors(self.ids[a:a + 512], self.mask[a:a + 512])
                              for a in range(0, len(self.ids), 512)])
-        self.hard_pool = tuple(t.cpu() for t in mine_hard_negatives(txt.cpu(), img.cpu(), self.caption_image))
+        images_for, captions_for = mine_hard_negatives(txt.cpu(), img.cpu(), self.caption_image)
+        false_images, false_captions = false_negatives(images_for, captions_for, self.data.captions,
+                                                       self.data.caption_image)
+        self.false_negatives = {"mined": int(images_for.numel() + captions_for.numel()),
+                                "false": int(false_images.sum() + false_captions.sum())}
+        self.hard_pool = (images_for.masked_fill(false_images, -1), captions_for.masked_fill(false_captions, -1))
 
     def _optimise(self, loss) -> float:
         import torch
@@ -441,6 +526,20 @@ class Trainer:
         save_checkpoint(self.model, self.processor, self.out)
 
     def run(self) -> Iterator[TrainProgress]:
+        """The run's progress events. torch's deterministic algorithms are on for its length: the backward of
+        indexing a batch's image tokens by a repeated index (several captions of one photo, several negatives
+        of one photo) accumulates in an order that varies between runs on the CPU otherwise, so one seed gave
+        other weights each time."""
+        import torch
+
+        before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: an op without such a kernel still runs
+        try:
+            yield from self._run()
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+    def _run(self) -> Iterator[TrainProgress]:
         yield from self._prepare()
         o = self.o
         every = o.checkpoint_every or o.eval_every
@@ -492,14 +591,28 @@ class Trainer:
                             message=f"checkpoint in {self.out}")
 
     def _write_log(self, started: float) -> None:
+        import torch
+
         log = {"options": {k: v for k, v in asdict(self.o).items()}, "step": self.step, "best_dev_mean": self.best,
                "seconds": round(self.seconds, 1),
                "parameters": sum(p.numel() for p in self.model.parameters()),
+               # what the same seed's figures still depend on across machines (rounding of the CPU's kernels)
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
                "trained_parameters": sum(p.numel() for g in self.optimizer.param_groups for p in g["params"]),
                "train_images": len(self.data.images), "train_captions": len(self.data.captions),
-               "dev_images": len(self.dev.images) if self.dev is not None else 0, "history": self.history}
+               "dev_images": len(self.dev.images) if self.dev is not None else 0,
+               "text_negatives": None if self.swaps is None else _count_kinds(self.swaps, len(self.data.captions)),
+               "false_negatives": self.false_negatives, "history": self.history}
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "training.json").write_text(json.dumps(log, indent=1))
+
+
+def _count_kinds(swaps: SwapNegatives, captions: int) -> dict[str, int]:
+    """How many training captions have a text negative of each kind, and how many have none."""
+    from collections import Counter
+
+    counts = Counter(swaps.kinds)
+    return {"captions": captions, **dict(sorted(counts.items())), "none": int((swaps.count == 0).sum())}
 
 
 def match_logits(model, ids, mask, tokens):

@@ -1,0 +1,166 @@
+"""The cross-encoder's negatives: composition-aware caption swaps, false negatives told from what captions say,
+in-batch ITC-sampled negatives, and pair accuracy on near-miss twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from picsift.engine.training.losses import caption_key, false_negatives, itc_negatives
+from picsift.engine.training.perturb import coverage, perturb
+from picsift.engine.training.twins import pair_accuracy, twin_triples
+
+# ----- the perturber -------------------------------------------------------------------------------
+
+
+def test_each_kind_of_swap_exchanges_two_parts_of_the_caption():
+    got = perturb("a small red circle left of a large blue square")
+    assert got == {
+        "colour": "a small blue circle left of a large red square",
+        "size": "a large red circle left of a small blue square",
+        "object": "a small red square left of a large blue circle",
+        "relation": "a small red circle right of a large blue square",
+    }
+
+
+def test_relation_phrases_flip_to_their_inverse_longest_phrase_first():
+    assert perturb("A dog to the left of a man")["relation"] == "A dog to the right of a man"
+    assert perturb("a cat on top of a box")["relation"] == "a cat under a box"
+    assert perturb("a cat under a box")["relation"] == "a cat on top of a box"
+    assert perturb("a boy in front of a wall")["relation"] == "a boy behind a wall"
+
+
+def test_swaps_keep_capitals_and_other_words():
+    got = perturb("Red ball and green ball on the grass")
+    assert got == {"colour": "Green ball and red ball on the grass", "object": "Red grass and green grass on the ball"}
+
+
+@pytest.mark.parametrize("caption", ["a dog runs", "two red dogs play", "sunset"])
+def test_a_caption_with_nothing_to_exchange_yields_no_swap(caption):
+    assert perturb(caption) == {}
+
+
+def test_a_caption_with_one_colour_twice_has_no_colour_swap():
+    got = perturb("a red circle left of a red square")
+    assert "colour" not in got
+    assert got["object"] == "a red square left of a red circle"
+
+
+def test_coverage_counts_each_kind_and_the_captions_with_none():
+    caps = ["a red circle left of a blue square", "a dog runs", "a small cat and a big dog", "sunset"]
+    assert coverage(caps) == {"captions": 4, "colour": 1, "size": 1, "object": 2, "relation": 1, "none": 2}
+
+
+def test_every_shapes_swap_describes_another_scene():
+    """On shapes captions each swap says something else: its scene differs from the caption's own."""
+    from picsift.engine.training.shapes import all_scenes, parse_caption, scene_captions
+
+    checked = 0
+    for scene in all_scenes()[:200]:
+        for caption in scene_captions(scene):
+            for kind, swapped in perturb(caption).items():
+                assert parse_caption(swapped).key() != scene.key(), (kind, caption, swapped)
+                checked += 1
+    assert checked > 1000
+
+
+# ----- false negatives -------------------------------------------------------------------------------
+
+
+def test_false_negatives_are_the_mined_items_whose_captions_say_the_same():
+    captions = ["a small red circle left of a small blue square",  # photo 0
+                "a small blue square right of a small red circle",  # photo 1: the same scene, told the other way
+                "a small blue circle left of a small red square",  # photo 2: the colour swap
+                "a small red circle right of a small blue square"]  # photo 3: the relation swap
+    caption_image = [0, 1, 2, 3]
+    images_for = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+    captions_for = torch.tensor([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+    false_i, false_t = false_negatives(images_for, captions_for, captions, caption_image)
+    want = torch.tensor([[True, False, False], [True, False, False], [False, False, False], [False, False, False]])
+    assert torch.equal(false_i, want)
+    assert torch.equal(false_t, want)
+
+
+def test_false_negatives_on_a_generated_set_match_the_generator_scenes():
+    """Photos of a generated set where every scene is shown twice (its captions told differently): the mined
+    negatives marked false are exactly those showing the caption's own scene, by the generator's attributes."""
+    from picsift.engine.training.shapes import sample_scenes, scene_captions
+
+    plan = sample_scenes(seed=2, train=400, dev_groups=2, test_groups=2)
+    scenes = [im.scene for im in plan.images if im.split == "train"][:100]
+    photo_scene = [scenes[p % 100] for p in range(200)]  # photos p and p + 100 show one scene
+    captions, caption_image = [], []
+    for p, scene in enumerate(photo_scene):
+        told = scene_captions(scene)
+        for c in (told[p // 100], told[-1 - p // 100]):
+            captions.append(c)
+            caption_image.append(p)
+    gen = torch.Generator().manual_seed(0)
+    images_for = torch.randint(200, (len(captions), 40), generator=gen)
+    captions_for = torch.randint(len(captions), (200, 40), generator=gen)
+    # the miner never proposes an item of the photo itself
+    images_for = torch.where(images_for == torch.tensor(caption_image)[:, None], (images_for + 1) % 200, images_for)
+    captions_for = torch.where(torch.tensor(caption_image)[captions_for] == torch.arange(200)[:, None],
+                               (captions_for + 2) % len(captions), captions_for)
+    false_i, false_t = false_negatives(images_for, captions_for, captions, caption_image)
+    key = [s.key() for s in photo_scene]
+    want_i = torch.tensor([[key[i] == key[caption_image[c]] for i in row] for c, row in enumerate(images_for.tolist())])
+    want_t = torch.tensor([[key[caption_image[c]] == key[i] for c in row] for i, row in enumerate(captions_for.tolist())])
+    assert torch.equal(false_i, want_i) and torch.equal(false_t, want_t)
+    assert int(false_i.sum()) > 10 and int(false_t.sum()) > 10  # the twin photo was proposed often enough
+
+
+def test_caption_key_of_other_captions_is_their_words():
+    assert caption_key("A  Dog runs") == caption_key("a dog RUNS")
+    assert caption_key("a dog runs") != caption_key("a dog sits")
+
+
+# ----- ITC-sampled negatives -------------------------------------------------------------------------
+
+
+def test_itc_negatives_never_draw_a_pair_of_the_same_photo():
+    gen = torch.Generator().manual_seed(1)
+    b = 24
+    ids = torch.randint(6, (b,), generator=gen)  # several captions of a batch share a photo
+    text = torch.nn.functional.normalize(torch.randn(b, 8, generator=gen), dim=1)
+    image = torch.nn.functional.normalize(torch.randn(b, 8, generator=gen), dim=1)
+    for seed in range(50):
+        t_rows, i_rows = itc_negatives(text, image, ids, ids, torch.tensor(-3.0), torch.Generator().manual_seed(seed))
+        assert (t_rows >= 0).all() and (i_rows >= 0).all()
+        assert (ids[i_rows] != ids).all(), "a caption drew an image of its own photo"
+        assert (ids[t_rows] != ids).all(), "an image drew a caption of its own photo"
+
+
+def test_itc_negatives_favour_the_most_similar_other_photo():
+    # Caption 0 is nearly image 1's direction; image 2 is far. At a low temperature image 1 is drawn nearly always.
+    text = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), dim=1)
+    image = torch.nn.functional.normalize(torch.tensor([[0.0, 1.0], [0.95, 0.3], [-1.0, -0.1]]), dim=1)
+    ids = torch.tensor([0, 1, 2])
+    drawn = [int(itc_negatives(text, image, ids, ids, torch.tensor(-4.0), torch.Generator().manual_seed(s))[1][0])
+             for s in range(200)]
+    assert drawn.count(1) > 180 and drawn.count(0) == 0
+
+
+def test_itc_negatives_mark_a_batch_of_one_photo_as_having_none():
+    ids = torch.tensor([4, 4, 4])
+    v = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    t_rows, i_rows = itc_negatives(v, v, ids, ids, torch.tensor(-3.0), torch.Generator().manual_seed(0))
+    assert (t_rows == -1).all() and (i_rows == -1).all()
+
+
+# ----- pair accuracy ---------------------------------------------------------------------------------
+
+
+def test_pair_accuracy_reads_each_pair_from_both_sides_and_counts_ties_half():
+    caption_image = [0, 0, 1, 2, 3]
+    triples = twin_triples([(0, 1, "colour swap"), (2, 3, "relation swap")], caption_image)
+    assert triples["colour swap"].tolist() == [[0, 0, 1], [1, 0, 1], [2, 1, 0]]
+    assert triples["relation swap"].tolist() == [[3, 2, 3], [4, 3, 2]]
+    scores = np.array([[0.9, 0.1, 0, 0],  # caption 0 prefers its own photo
+                       [0.2, 0.8, 0, 0],  # caption 1 prefers the twin
+                       [0.5, 0.5, 0, 0],  # caption 2: a tie
+                       [0, 0, 0.3, 0.7],  # caption 3 wrong
+                       [0, 0, 0.1, 0.6]])  # caption 4 right
+    got = pair_accuracy(scores, triples)
+    assert got == {"colour swap": pytest.approx(1.5 / 3), "relation swap": 0.5, "all": pytest.approx(2.5 / 5)}
