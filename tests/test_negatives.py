@@ -164,3 +164,42 @@ def test_pair_accuracy_reads_each_pair_from_both_sides_and_counts_ties_half():
                        [0, 0, 0.1, 0.6]])  # caption 4 right
     got = pair_accuracy(scores, triples)
     assert got == {"colour swap": pytest.approx(1.5 / 3), "relation swap": 0.5, "all": pytest.approx(2.5 / 5)}
+
+
+# ----- which swaps training uses ----------------------------------------------------------------------
+
+
+def test_text_negatives_name_the_kinds_of_exchange_and_refuse_unknown_ones():
+    from picsift.engine.training.perturb import KINDS
+    from picsift.engine.training.train import TrainingError, swap_kinds
+
+    assert swap_kinds("swap") == KINDS
+    assert swap_kinds("none") == ()
+    assert swap_kinds("relation") == ("relation",)
+    assert swap_kinds("colour, relation") == ("colour", "relation")
+    for bad in ("color", "relation,shape", ","):
+        with pytest.raises(TrainingError, match="comma list of colour, size, object, relation"):
+            swap_kinds(bad)
+
+
+def test_training_on_relation_swaps_meets_only_relation_swaps(small_shapes, tmp_path):
+    """--text-negatives relation: each caption's text negative is its relation flipped, nothing else."""
+    from picsift.engine.training.shapes import parse_caption
+    from picsift.engine.training.train import TrainOptions, make_trainer
+
+    t = make_trainer(TrainOptions(data=str(small_shapes), out=str(tmp_path / "m"), mode="ce", init="tiny",
+                                  image_size=32, steps=1, text_negatives="relation", device="cpu"))
+    list(t._prepare())
+    assert set(t.swaps.kinds) == {"relation"}
+    decode = t.processor.tokenizer.batch_decode
+    captions = decode(t.ids, skip_special_tokens=True)
+    swapped = decode(t.swaps.ids, skip_special_tokens=True)
+    checked = 0
+    for c, (start, count) in enumerate(zip(t.swaps.start.tolist(), t.swaps.count.tolist())):
+        for text in swapped[start:start + count]:
+            own, other = parse_caption(captions[c]), parse_caption(text)
+            assert own is not None and other is not None and own != other
+            # the same two objects in the same order of words, standing the other way round
+            assert text.split()[:4] == captions[c].split()[:4] and text.split()[-4:] == captions[c].split()[-4:]
+            checked += 1
+    assert checked >= len(captions) // 2

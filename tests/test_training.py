@@ -453,31 +453,48 @@ def test_a_short_training_on_a_generated_set_beats_chance(shapes_set, tmp_path):
 
 
 def test_the_report_states_each_claim_as_measured():
-    from picsift.engine.training.recipe import claims
+    from picsift.engine.training.recipe import claims, flickr_claims
 
-    def row(mode, k, ir1, ms, scoring="ce"):
-        return {"mode": mode, "k": k, "scoring": scoring if mode == "coop" else None, "ir@1": ir1, "ir@5": 0,
+    def row(mode, k, ir1, ms, scoring="ce+be", ir5=0.0):
+        return {"mode": mode, "k": k, "scoring": scoring if mode == "coop" else None, "ir@1": ir1, "ir@5": ir5,
                 "ir@10": 0, "tr@1": 0, "tr@5": 0, "tr@10": 0, "ms_per_query": ms}
 
-    joint = {"rows": [row("be", None, 0.30, 2.0), row("ce", None, 0.40, 90.0)]
-             + [row("coop", k, r, m) for k, r, m in ((5, 0.35, 6.0), (20, 0.39, 15.0), (50, 0.40, 30.0))]}
-    sep = {"rows": [row("be", None, 0.30, 2.0), row("ce", None, 0.25, 90.0), row("coop", 20, 0.20, 15.0)]}
-    report = {"joint": joint, "sep": sep, "joint_hn": None,
+    def pairs(be, ce):
+        return {"be": {"all": be}, "ce": {"all": ce}}
+
+    joint = {"rows": [row("be", None, 0.30, 2.0), row("ce", None, 0.45, 90.0)]
+             + [row("coop", k, r, m) for k, r, m in ((5, 0.40, 6.0), (20, 0.445, 15.0), (50, 0.44, 30.0))],
+             "pair_accuracy": pairs(0.6, 0.93)}
+    sep = {"rows": [row("be", None, 0.30, 2.0), row("ce", None, 0.35, 90.0), row("coop", 20, 0.20, 15.0)],
+           "pair_accuracy": pairs(0.6, 0.7)}
+    distractors = {"distractors": 2090, "rows": [row("be", None, 0.20, 3.0), row("coop", 20, 0.24, 16.0)]}
+    report = {"joint": joint, "sep": sep, "joint_hn": None, "distractors": distractors,
               "training": {"be": {"parameters": 10}, "ce": {"parameters": 10}, "joint": {"parameters": 10}}}
     said = claims(report)
-    assert "CE beats BE at image-retrieval R@1 (Joint): 40.0 vs 30.0: holds." in said
-    assert "CE beats BE at image-retrieval R@1 (Sep): 25.0 vs 30.0: does not hold." in said
-    assert any(c.startswith("Joint+Coop k=20 within a few points of Joint+CE at IR R@1: 39.0 vs 40.0 (1.0 points "
-                            "behind): holds") for c in said)
-    assert any(c.startswith("Sep+Coop k=20 within a few points of Sep+CE at IR R@1: 20.0 vs 25.0 (5.0 points "
-                            "behind): does not hold") for c in said)
-    assert any("k = 5: 35.0 / 6.0, 20: 39.0 / 15.0, 50: 40.0 / 30.0): holds." in c for c in said)
-    # Recall falling with k while the CE ranks below the BE: said so, not "holds".
-    joint["rows"] = [row("be", None, 0.30, 2.0), row("ce", None, 0.20, 90.0)] + [
-        row("coop", k, r, m) for k, r, m in ((5, 0.28, 6.0), (20, 0.25, 15.0), (50, 0.21, 30.0))]
-    assert any(c.endswith("the latency grows with k but the recall does not, because the CE ranks below the BE "
-                          "here.") for c in claims(report))
-    assert any("one model's parameters: 10 against 20" in c for c in said)
+    assert ("Joint: the CE alone beats the BE at IR R@1 by at least 10 points: 45.0 vs 30.0 (+15.0): holds. Its twin "
+            "pair accuracy is at least 90%: 93.0% (BE 60.0%, a bag of words 50%): holds.") in said
+    assert ("Sep: the CE alone beats the BE at IR R@1 by at least 10 points: 35.0 vs 30.0 (+5.0): does not hold. Its "
+            "twin pair accuracy is at least 90%: 70.0% (BE 60.0%, a bag of words 50%): does not hold.") in said
+    assert any(c.startswith("Joint+Coop k=20 (CE+BE) within 1 point of the CE alone or above it, at no more than a "
+                            "third of its latency: 44.5 vs 45.0 (-0.5), 15.0 ms against 90.0 ms: holds") for c in said)
+    # k=50 is half a point below k=20 at most: still rising; a drop of 2 points is not
+    assert any("k = 5: 40.0 / 6.0, 20: 44.5 / 15.0, 50: 44.0 / 30.0" in c and c.endswith("holds (none falls by "
+                                                                                       "more than half a point).")
+               for c in said)
+    assert any(c.startswith("With 2,090 distractors, Joint+Coop k=20 beats the BE at IR R@1 by at least 5 points: "
+                            "24.0 vs 20.0 (+4.0): does not hold") for c in said)
+    assert any(c.startswith("Joint reaches Sep's Coop recall within 2 points (k=20, CE+BE, IR R@1): 44.5 vs 20.0 "
+                            "(+24.5), with 10 parameters against 20 for Sep (BE + CE): holds") for c in said)
+    joint["rows"][-1] = row("coop", 50, 0.425, 30.0)
+    joint["rows"][1] = row("ce", None, 0.45, 40.0)  # k=20 at 15 ms is more than a third of 40 ms
+    said = claims(report)
+    assert any(c.startswith("Coop rows rise with k") and c.endswith("does not hold.") for c in said)
+    assert any(c.startswith("Joint+Coop k=20 (CE+BE) within 1 point") and c.endswith("does not hold.") for c in said)
+    flickr = {"joint": {"rows": [row("be", None, 0.10, 2.0, ir5=0.3), row("coop", 20, 0.12, 9.0, ir5=0.3)]},
+              "sep": {"rows": [row("be", None, 0.10, 2.0, ir5=0.3), row("coop", 20, 0.12, 9.0, ir5=0.29)]}}
+    assert flickr_claims(flickr) == [
+        "Joint+Coop k=20 (CE+BE) at or above the BE at IR R@1 and R@5: 12.0 / 30.0 vs 10.0 / 30.0: holds.",
+        "Sep+Coop k=20 (CE+BE) at or above the BE at IR R@1 and R@5: 12.0 / 29.0 vs 10.0 / 30.0: does not hold."]
 
 
 def test_a_training_process_killed_with_sigkill_resumes_from_its_last_checkpoint(shapes_set, tmp_path):

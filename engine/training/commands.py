@@ -13,6 +13,11 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+# The recipe's CE stage on the shapes set (docs/QUALITY.md says why): a CE learns to read colours within a few
+# hundred steps, but the relation ("left of" against "right of") only after a long plateau
+CE_STEPS = 3000
+RECIPE_TEXT_NEGATIVES = "relation"
+
 
 def _probability(text: str) -> float:
     try:
@@ -71,9 +76,10 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--itm-negatives", choices=["itc", "random"], default="itc",
                    help="the CE's negatives: itc draws a photo for each caption and a caption for each photo from "
                         "the in-batch BE similarity (BLIP's; default); random draws one at random")
-    p.add_argument("--text-negatives", choices=["swap", "none"], default="swap",
+    p.add_argument("--text-negatives", default="swap", metavar="swap|none|KINDS",
                    help="swap (default): the CE also learns to reject each caption with two of its colours, sizes, "
-                        "objects or its relation exchanged, against the caption's own photo; none: no such negatives")
+                        "objects or its relation exchanged, against the caption's own photo; a comma list of "
+                        "colour, size, object, relation exchanges only those; none: no such negatives")
     p.add_argument("--eval-every", type=positive_int, default=100, help="dev evaluation every N steps (default 100)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -131,8 +137,14 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
     p.add_argument("--shapes-seed", type=non_negative_int, default=None, metavar="S",
                    help="draw the shapes set with seed S (default: --seed); each seed gets its own data folder")
-    p.add_argument("--steps", type=positive_int, default=1500, help="steps of each training run (default 1500)")
-    p.add_argument("--flickr-steps", type=positive_int, default=1000, help="steps on real photos (default 1000)")
+    p.add_argument("--steps", type=positive_int, default=1500, help="the BE's training steps (default 1500)")
+    p.add_argument("--ce-steps", type=positive_int, default=CE_STEPS, metavar="N",
+                   help=f"steps of the Sep CE and of Joint, both starting from the BE (default {CE_STEPS})")
+    p.add_argument("--flickr-steps", type=positive_int, default=1000,
+                   help="steps of each training run on real photos (default 1000)")
+    p.add_argument("--text-negatives", default=RECIPE_TEXT_NEGATIVES, metavar="swap|none|KINDS",
+                   help=f"the CE's swapped-caption negatives on the shapes set, as for train "
+                        f"(default {RECIPE_TEXT_NEGATIVES}); real photos use swap")
 
 
 @contextmanager
@@ -295,7 +307,8 @@ def cmd_recipe(s) -> int:
     work = Path(a.work).expanduser().resolve()
     shapes_seed = a.seed if a.shapes_seed is None else a.shapes_seed
     runs = [RecipeOptions(work=str(work / ("shapes" if shapes_seed == 0 else f"shapes-{shapes_seed}")), kind="shapes",
-                          seed=a.seed, data_seed=shapes_seed, steps=a.steps, device=a.device)]
+                          seed=a.seed, data_seed=shapes_seed, steps=a.steps, ce_steps=a.ce_steps,
+                          text_negatives=a.text_negatives, device=a.device)]
     if a.flickr:
         runs.append(RecipeOptions(work=str(work / "flickr"), kind="flickr", data=a.flickr, seed=a.seed,
                                   steps=a.flickr_steps, device=a.device))
@@ -325,7 +338,7 @@ def cmd_recipe(s) -> int:
         machine = (f"{describe_cpu()}; matmul {matmul_gflops():.0f} GFLOP/s fp32 on the threads torch uses")
         commands = ["picsift recipe " + " ".join(shlex.quote(x) for x in _argv_for_doc(a))]
         doc = write_quality(reports, dirs, Path(a.doc), commands, machine)
-        print(f"Wrote {doc}.")
+        print(f"Wrote {doc}.", file=sys.stderr if a.json else sys.stdout)  # --json: stdout is the JSON alone
     for kind, rep in reports.items():
         print(f"{kind}: {rep['timings_s']['total'] / 60:.1f} min; results in {dirs[kind] / 'recipe.json'}",
               file=sys.stderr if a.json else sys.stdout)
@@ -350,8 +363,12 @@ def _argv_for_doc(a) -> list[str]:
         out += ["--shapes-seed", str(a.shapes_seed)]
     if a.steps != 1500:
         out += ["--steps", str(a.steps)]
+    if a.ce_steps != CE_STEPS:
+        out += ["--ce-steps", str(a.ce_steps)]
     if a.flickr_steps != 1000:
         out += ["--flickr-steps", str(a.flickr_steps)]
+    if a.text_negatives != RECIPE_TEXT_NEGATIVES:
+        out += ["--text-negatives", a.text_negatives]
     return out
 
 

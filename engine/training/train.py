@@ -25,8 +25,23 @@ from ..jobs import CancelToken
 MODES = ("be", "ce", "joint", "li", "shrink-ce")
 BE_LOSSES = ("triplet", "infonce")
 ITM_NEGATIVES = ("itc", "random")
-TEXT_NEGATIVES = ("swap", "none")
 STATE_DIR = ".picsift-train"  # inside the output folder: the resumable state, not part of the checkpoint
+
+
+def swap_kinds(text_negatives: str) -> tuple[str, ...]:
+    """The kinds of exchange --text-negatives asks for: "swap" is every kind, "none" none, else a comma list."""
+    from .perturb import KINDS
+
+    if text_negatives == "none":
+        return ()
+    if text_negatives == "swap":
+        return KINDS
+    kinds = tuple(k.strip() for k in text_negatives.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise TrainingError(f"--text-negatives must be swap, none or a comma list of {', '.join(KINDS)}, not "
+                            f"'{text_negatives}'.")
+    return kinds
 
 
 @dataclass
@@ -65,7 +80,8 @@ class TrainOptions:
     # The CE's negatives: "itc" samples one photo per caption and one caption per photo from the in-batch BE
     # similarity (BLIP's ITM), "random" draws one random in-batch swap per pair (the method's reference code)
     itm_negatives: str = "itc"
-    # "swap": each caption also meets its own photo with two of its parts exchanged (engine.training.perturb)
+    # "swap": each caption also meets its own photo with two of its parts exchanged (engine.training.perturb);
+    # a comma list of kinds ("relation", "colour,relation") exchanges only those; "none": no text negatives
     text_negatives: str = "swap"
     eval_every: int = 100
     checkpoint_every: int | None = None  # default: eval_every
@@ -105,9 +121,7 @@ class TrainOptions:
         if self.itm_negatives not in ITM_NEGATIVES:
             raise TrainingError(f"--itm-negatives must be one of {', '.join(ITM_NEGATIVES)}, not "
                                 f"'{self.itm_negatives}'.")
-        if self.text_negatives not in TEXT_NEGATIVES:
-            raise TrainingError(f"--text-negatives must be one of {', '.join(TEXT_NEGATIVES)}, not "
-                                f"'{self.text_negatives}'.")
+        swap_kinds(self.text_negatives)  # raises TrainingError with the reason
         if self.mode not in ("li", "shrink-ce") and self.shrink_from:
             raise TrainingError("--shrink-from belongs to --mode li and --mode shrink-ce.")
         if self.mode != "li" and self.keep:
@@ -245,13 +259,14 @@ class Trainer:
         import torch
 
         captions = list(self.data.captions)
-        if self.o.mode not in ("ce", "joint") or self.o.text_negatives == "none":
+        allowed = swap_kinds(self.o.text_negatives)
+        if self.o.mode not in ("ce", "joint") or not allowed:
             return (*self._tokens(captions), None)
         from .perturb import perturb
 
         texts, kinds, start, count = [], [], [], []
         for c in captions:
-            swapped = perturb(c)
+            swapped = {k: t for k, t in perturb(c).items() if k in allowed}
             start.append(len(texts))
             count.append(len(swapped))
             texts.extend(swapped.values())
