@@ -21,13 +21,16 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _common(nested: bool = False) -> argparse.ArgumentParser:
-    """The options every command takes. nested: for a sub-command's own sub-commands (collections import),
-    whose defaults must not overwrite the same options given before it (argparse copies them over)."""
+    """The options every command takes, before the command or after it. Only the top level carries the
+    defaults (nested=False); after a command, and after a sub-command's own (collections import), they are
+    nested: set only when given there, since argparse copies a sub-parser's defaults over the values given
+    before its command. So one given after the command wins over the same one given before it."""
     def default(value):
         return argparse.SUPPRESS if nested else value
 
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("library and model")
+    g = p.add_argument_group("library and model", "also taken before the command; given in both places, "
+                                                  "the one after the command wins" if nested else None)
     g.add_argument("--library", metavar="DIR", default=default(None),
                    help="library folder (default: $PICSIFT_HOME or the user data folder)")
     g.add_argument("--model", metavar="ID_OR_DIR", default=default(None),
@@ -97,9 +100,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
+    common = _common(nested=True)  # after a command: see _common
     parser = _Parser(
-        prog="picsift", description="Find photos in your folders by meaning: retrieve fast, rerank smart.")
+        prog="picsift", description="Find photos in your folders by meaning: retrieve fast, rerank smart.",
+        epilog="The library and model options go before the command or after it (picsift --library L search x, "
+               "picsift search x --library L); given in both places, the one after the command wins.",
+        parents=[_common()])
     parser.add_argument("--version", action="version", version=f"picsift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -180,11 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collections", parents=[common], help="caption collections")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    nested = _common(nested=True)
-    ci = csub.add_parser("import", parents=[nested], help="import captions: .txt (one a line), .csv, COCO .json")
+    ci = csub.add_parser("import", parents=[common], help="import captions: .txt (one a line), .csv, COCO .json")
     ci.add_argument("file")
     ci.add_argument("--name", help="collection name (default: the file name)")
-    csub.add_parser("list", parents=[nested], help="list collections")
+    csub.add_parser("list", parents=[common], help="list collections")
 
     p = sub.add_parser("bench", parents=[common], help="measure this machine: indexing, search, rerank, disk")
     p.add_argument("folder", help="a folder of at least 20 real photos (indexed into a temporary library)")

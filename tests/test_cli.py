@@ -369,6 +369,80 @@ def test_two_libraries_do_not_see_each_others_photos(tiny_model_dir, tmp_path, c
     assert run_json(capsys, "status", "--library", lib_b)["folders"] == [str(tmp_path / "b")]
 
 
+# ----- global options before the command -----------------------------------------
+
+
+GLOBAL_OPTIONS = ("--library", "L", "--model", "M", "--ce-model", "C", "--device", "cpu", "--precision", "fp32",
+                  "--json", "-q")
+
+
+@pytest.mark.parametrize("command", [("search", "x"), ("index", "F"), ("collections", "import", "f.txt")])
+def test_global_options_before_the_command_parse_as_after_it(command):
+    from picsift.engine.cli import build_parser
+
+    parser = build_parser()
+    before = parser.parse_args([*GLOBAL_OPTIONS, *command])
+    after = parser.parse_args([*command, *GLOBAL_OPTIONS])
+    assert vars(before) == vars(after)
+    assert (before.library, before.model, before.ce_model, before.device, before.precision, before.json,
+            before.quiet) == ("L", "M", "C", "cpu", "fp32", True, True)
+    # none given anywhere: the same defaults as ever
+    plain = vars(parser.parse_args(list(command)))
+    assert {k: plain[k] for k in ("library", "model", "ce_model", "device", "precision", "json", "quiet")} == {
+        "library": None, "model": None, "ce_model": None, "device": "auto", "precision": "auto", "json": False,
+        "quiet": False}
+
+
+def test_a_global_option_given_before_and_after_the_command_takes_the_one_after():
+    from picsift.engine.cli import build_parser
+
+    args = build_parser().parse_args(["--library", "A", "--device", "cuda", "search", "x", "--library", "B"])
+    assert args.library == "B" and args.device == "cuda"  # the one not repeated is kept from before
+
+
+def test_search_with_global_options_before_the_command_finds_what_after_finds(photo_folder, tiny_model_dir, tmp_path,
+                                                                        capsys, _isolated_home):
+    lib = tmp_path / "lib"
+    summary = run_json(capsys, "--library", lib, "--model", tiny_model_dir, "index", photo_folder)
+    assert summary["embedded"] == 12 and (lib / "library.db").is_file()
+    assert not _isolated_home.exists()
+    # --json before the command gives JSON
+    rc, out, err = run(capsys, "--library", lib, "--json", "search", "a red square", "-n", "5", "-k", "3", "--no-history")
+    assert rc == 0, err
+    before = json.loads(out)
+    assert len(before) == 5 and all(h["path"].startswith(str(photo_folder)) for h in before)
+    after = run_json(capsys, "search", "a red square", "-n", "5", "-k", "3", "--no-history", "--library", lib)
+    assert before == after
+    rc_b, out_b, _ = run(capsys, "--library", lib, "search", "a red square", "-n", "5", "-k", "3", "--no-history")
+    rc_a, out_a, _ = run(capsys, "search", "a red square", "-n", "5", "-k", "3", "--no-history", "--library", lib)
+    assert rc_b == rc_a == 0 and out_b == out_a and str(photo_folder) in out_b
+
+
+@pytest.mark.parametrize("before, after", [
+    (["--device", "gpu", "search", "x"], ["search", "x", "--device", "gpu"]),
+    (["--precision", "fp8", "search", "x"], ["search", "x", "--precision", "fp8"]),
+    (["--json", "--library"], ["search", "x", "--json", "--library"]),  # no value left for it
+])
+def test_a_bad_global_option_before_the_command_is_refused_as_after_it(before, after, capsys, _isolated_home):
+    def refusal(argv):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        out, err = capsys.readouterr()
+        assert exc.value.code == 2 and out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        return lines[0]
+
+    option = before[-1] if before[-1].startswith("--") else before[0]
+    told_after, told_before = refusal(after), refusal(before)
+    assert told_after.startswith(f"picsift search: argument {option}: ")
+    assert told_before.startswith(f"picsift: argument {option}: ")
+    # the same words, told by the parser that met the option
+    assert told_before.removeprefix("picsift: ").removesuffix(" (see: picsift --help)") == \
+        told_after.removeprefix("picsift search: ").removesuffix(" (see: picsift search --help)")
+    assert not _isolated_home.exists()  # the command did not run
+
+
 # ----- make-random-model ---------------------------------------------------------
 
 
