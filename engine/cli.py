@@ -545,25 +545,34 @@ def cmd_duplicates(s: Session) -> int:
 
 
 def cmd_trash(s: Session) -> int:
-    from .duplicates import trash
+    from .duplicates import TrashResult, trash, trashable
 
     args = s.args
-    if not args.yes:
+    photos, refused = trashable(s.library, args.paths)  # confirmed, and moved, are the library's photos only
+    told = False
+    if photos and not args.yes:
+        _say_not_moved(refused)
+        told = True
         if not sys.stdin.isatty():
             raise PicsiftError("Give --yes to move photos to the trash without a terminal to confirm in.")
-        answer = input(f"Move {len(args.paths)} photo(s) to the trash and out of the library? [y/N] ")
+        answer = input(f"Move {len(photos)} photo(s) to the trash and out of the library? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
-            print("Nothing moved.")
-            return EXIT_OK
-    result = trash(s.library, args.paths)
+            photos = []
+    result = trash(s.library, photos) if photos else TrashResult()
+    failed = refused + result.failed
     if args.json:
-        print(json.dumps({"moved": result.moved, "failed": [{"path": p, "reason": r} for p, r in result.failed]},
+        print(json.dumps({"moved": result.moved, "failed": [{"path": p, "reason": r} for p, r in failed]},
                          ensure_ascii=False))
     else:
-        print(f"{len(result.moved)} photo(s) moved to the trash and out of the library.")
-        for p, why in result.failed:
-            print(f"Not moved: {shown(p)}: {why}", file=sys.stderr)
-    return EXIT_ERROR if result.failed else EXIT_OK
+        print(f"{len(result.moved)} photo(s) moved to the trash and out of the library." if result.moved
+              else "Nothing moved.")
+        _say_not_moved(result.failed if told else failed)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _say_not_moved(failed) -> None:
+    for p, why in failed:
+        print(f"Not moved: {shown(p)}: {why}", file=sys.stderr)
 
 
 def cmd_folders(s: Session) -> int:

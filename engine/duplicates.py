@@ -2,8 +2,8 @@
 a threshold, confirmed by a perceptual hash, so that two photos of one scene are not called copies of each
 other), grouped, largest groups first, with what a user needs to pick the one to keep.
 
-Nothing is deleted here: `trash` moves files the user chose to the system trash (send2trash) and takes them
-out of the library.
+Nothing is deleted here: `trash` moves the library's photos the user chose to the system trash (send2trash)
+and takes them out of the library; it refuses any other path.
 """
 
 from __future__ import annotations
@@ -132,26 +132,52 @@ def find_duplicates(library, key: str | None = None, cosine: float = COSINE, max
 @dataclass
 class TrashResult:
     moved: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, why), refused ones included
+
+
+def trashable(library, paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Which of `paths` are photos of this library: (their recorded paths, (path, why) for the others).
+
+    Whatever a user types or a caller passes may be anything on disk, and the trash is for cleaning up the
+    library, so a path passes only when it names a photo the library records and its real path (links
+    resolved, of the file and of every folder on the way) lies in one of the library's folders (resolved
+    the same way): a link inside a library folder cannot reach a file outside it."""
+    from .paths import in_any, normalize_path
+
+    store = library.store
+    folders = store.folders()
+    real_folders = [normalize_path(os.path.realpath(f)) for f in folders]
+    ok: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for path in paths:
+        p = normalize_path(path)
+        if not os.path.exists(p):  # a dangling link included
+            refused.append((path, "does not exist"))
+        elif os.path.isdir(p):
+            refused.append((path, "is a folder"))
+        elif in_any(real := normalize_path(os.path.realpath(p)), real_folders, case_sensitive=None) is None:
+            leads_out = in_any(p, folders, case_sensitive=None) is not None
+            refused.append((path, "a link that leads outside the library" if leads_out else "not in the library"))
+        elif (row := store.photo(p) or store.photo(real)) is None:
+            refused.append((path, "not in the library"))
+        elif row.path not in ok:
+            ok.append(row.path)
+    return ok, refused
 
 
 def trash(library, paths: Sequence[str]) -> TrashResult:
-    """Move photos to the system trash (never a permanent delete) and take them out of the library; a file
-    that cannot be moved stays, in the library too, and is reported."""
+    """Move photos of the library to the system trash (never a permanent delete) and take them out of the
+    library. Anything that is not one of its photos (see `trashable`) is refused and left alone, and a file
+    that cannot be moved stays, in the library too; both are reported."""
     from send2trash import send2trash
 
-    from .paths import normalize_path
-
-    result = TrashResult()
-    for path in paths:
-        p = normalize_path(path)
-        if not os.path.lexists(p):
-            result.failed.append((path, "the file is not there any more"))
-            continue
+    photos, refused = trashable(library, paths)
+    result = TrashResult(failed=refused)
+    for p in photos:
         try:
-            send2trash(p)
+            send2trash(p)  # a link goes to the trash itself; what it points to stays
         except Exception as exc:  # send2trash raises OSError and its own TrashPermissionError alike
-            result.failed.append((path, f"could not be moved to the trash: {exc}"))
+            result.failed.append((p, f"could not be moved to the trash: {exc}"))
             continue
         result.moved.append(p)
     if result.moved:

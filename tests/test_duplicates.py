@@ -78,13 +78,118 @@ def test_trash_moves_the_chosen_photos_and_the_library_forgets_them(tiny_model, 
     doomed = [str(dup_folder / "sub" / "a-copy.jpg"), str(dup_folder / "a-small.jpg")]
     result = trash(library, doomed + [str(dup_folder / "gone.jpg")])
     assert sorted(result.moved) == sorted(doomed)
-    assert result.failed == [(str(dup_folder / "gone.jpg"), "the file is not there any more")]
+    assert result.failed == [(str(dup_folder / "gone.jpg"), "does not exist")]
     assert not any(os.path.exists(p) for p in doomed)
     assert sorted(os.listdir(trash_home / "files")) == ["a-copy.jpg", "a-small.jpg"]  # kept, not deleted
     assert library.store.count_photos() == 6
     hits = Searcher(library, tiny_model).search("a photo", n=10, k=0)
     assert len(hits) == 6 and not set(doomed) & {h.path for h in hits}
     assert [len(g.members) for g in find_duplicates(library)] == [2]
+
+
+@pytest.fixture
+def indexed_dups(tiny_model, dup_folder, library, tmp_path):
+    """dup_folder indexed, with a link in it to a photo outside the library (the scanner follows it, so the
+    library records the link) and a link to a text file outside; returns the outside folder."""
+    from picsift.engine.indexer import index_folders
+
+    outside = tmp_path / "outside"
+    make_photo(outside / "elsewhere.jpg", seed=40, size=(64, 48))
+    (outside / "notes.txt").write_text("never a photo\n", encoding="utf-8")
+    os.symlink(outside / "elsewhere.jpg", dup_folder / "sub" / "link.jpg")
+    os.symlink(outside / "notes.txt", dup_folder / "notes.jpg")
+    list(index_folders(library, tiny_model, [str(dup_folder)]))
+    assert library.store.photo(str(dup_folder / "sub" / "link.jpg")) is not None
+    return outside
+
+
+def _trashed(trash_home) -> list[str]:
+    return sorted(os.listdir(trash_home / "files")) if (trash_home / "files").exists() else []
+
+
+def test_trash_refuses_a_file_outside_the_library(indexed_dups, library, trash_home):
+    from picsift.engine.duplicates import trash
+
+    notes = str(indexed_dups / "notes.txt")
+    photo = str(indexed_dups / "elsewhere.jpg")
+    result = trash(library, [notes, photo])
+    assert result.moved == []
+    assert result.failed == [(notes, "not in the library"), (photo, "not in the library")]
+    assert os.path.exists(notes) and os.path.exists(photo) and _trashed(trash_home) == []
+
+
+def test_trash_refuses_a_missing_path(indexed_dups, dup_folder, library, trash_home):
+    from picsift.engine.duplicates import trash
+
+    missing = str(dup_folder / "never-was.jpg")
+    photos = library.store.count_photos()
+    assert trash(library, [missing]).failed == [(missing, "does not exist")]
+    assert library.store.count_photos() == photos and _trashed(trash_home) == []
+
+
+def test_trash_refuses_a_folder(indexed_dups, dup_folder, library, trash_home):
+    from picsift.engine.duplicates import trash
+
+    sub = str(dup_folder / "sub")
+    assert trash(library, [sub]).failed == [(sub, "is a folder")]
+    assert os.path.isdir(sub) and _trashed(trash_home) == []
+
+
+def test_trash_refuses_a_link_in_a_library_folder_that_leads_outside(indexed_dups, dup_folder, library, trash_home):
+    from picsift.engine.duplicates import trash
+
+    links = [str(dup_folder / "sub" / "link.jpg"), str(dup_folder / "notes.jpg")]
+    result = trash(library, links)
+    assert result.moved == []
+    assert result.failed == [(p, "a link that leads outside the library") for p in links]
+    assert all(os.path.islink(p) for p in links)  # neither the links nor what they lead to moved
+    assert (indexed_dups / "elsewhere.jpg").is_file() and (indexed_dups / "notes.txt").is_file()
+    assert library.store.photo(links[0]) is not None and _trashed(trash_home) == []
+
+
+def test_trash_takes_the_library_photo_given_among_refused_ones(indexed_dups, dup_folder, library, trash_home):
+    from picsift.engine.duplicates import trash
+
+    photo = str(dup_folder / "sub" / "b-copy.png")
+    refused = [str(indexed_dups / "notes.txt"), str(dup_folder / "gone.jpg"), str(dup_folder / "sub" / "link.jpg")]
+    photos = library.store.count_photos()
+    result = trash(library, [refused[0], photo, *refused[1:]])
+    assert result.moved == [photo]
+    assert [p for p, _ in result.failed] == refused
+    assert not os.path.exists(photo) and _trashed(trash_home) == ["b-copy.png"]
+    assert library.store.photo(photo) is None and library.store.count_photos() == photos - 1
+
+
+def test_trash_from_the_terminal_names_each_refused_path(tiny_model_dir, dup_folder, tmp_path, capsys, trash_home):
+    from picsift.engine.cli import main
+
+    lib = str(tmp_path / "lib")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    notes = outside / "notes.txt"
+    notes.write_text("never a photo\n", encoding="utf-8")
+    os.symlink(notes, dup_folder / "notes.jpg")
+    assert main(["index", str(dup_folder), "--library", lib, "--model", str(tiny_model_dir), "-q"]) == 0
+    capsys.readouterr()
+    # the issue's case: a text file that was never in the library
+    assert main(["trash", str(notes), "--library", lib, "--yes"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "Nothing moved.\n" and err == f"Not moved: {notes}: not in the library\n"
+    assert notes.exists() and _trashed(trash_home) == []
+    # refused ones beside a photo of the library: the photo goes, each refused one is named with its reason
+    photo = str(dup_folder / "c.png")
+    given = [str(notes), str(dup_folder / "gone.jpg"), str(dup_folder / "sub"), str(dup_folder / "notes.jpg"), photo]
+    assert main(["trash", *given, "--library", lib, "--yes"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "1 photo(s) moved to the trash and out of the library.\n"
+    assert err.splitlines() == [f"Not moved: {given[0]}: not in the library", f"Not moved: {given[1]}: does not exist",
+                                f"Not moved: {given[2]}: is a folder",
+                                f"Not moved: {given[3]}: a link that leads outside the library"]
+    assert not os.path.exists(photo) and _trashed(trash_home) == ["c.png"] and notes.exists()
+    assert main(["trash", *given[:2], "--library", lib, "--yes", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == {
+        "moved": [], "failed": [{"path": given[0], "reason": "not in the library"},
+                                {"path": given[1], "reason": "does not exist"}]}
 
 
 def test_duplicates_and_trash_from_the_terminal(tiny_model_dir, dup_folder, tmp_path, capsys, trash_home,
