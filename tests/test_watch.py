@@ -89,8 +89,12 @@ def test_picsift_watch_indexes_changes_as_they_happen(tiny_model_dir, photo_fold
 
     lib = tmp_path / "lib"
     assert main(["index", str(photo_folder), "--library", str(lib), "--model", str(tiny_model_dir), "-q"]) == 0
+    # As from a terminal: SIGINT at its default in the child. An ignored SIGINT is inherited through exec, and a
+    # Python started with it ignored never raises KeyboardInterrupt; by the time this test ran in the whole
+    # suite the process had it ignored (SigIgn in /proc showed it), and the watch never stopped.
     proc = subprocess.Popen([sys.executable, "-m", "picsift.engine.cli", "watch", "--library", str(lib),
-                             "--debounce", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--debounce", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.readline()  # the first pass over the folders
         assert "Nothing new to embed" in first, first + proc.stderr.read() if proc.poll() is not None else first
@@ -102,5 +106,10 @@ def test_picsift_watch_indexes_changes_as_they_happen(tiny_model_dir, photo_fold
         library.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never left running after the test
+            proc.communicate()
+            raise
     assert proc.returncode == 130 and "interrupted" in err
