@@ -13,9 +13,11 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-# The recipe's CE stage on the shapes set (docs/QUALITY.md says why): a CE learns to read colours within a few
-# hundred steps, but the relation ("left of" against "right of") only after a long plateau
+# The recipe's Sep CE stage on the shapes set (docs/QUALITY.md says why): a CE learns to read colours within a
+# few hundred steps, but the relation ("left of" against "right of") only after a long plateau
 CE_STEPS = 3000
+JOINT_STEPS = 1500
+FLICKR_STEPS = 500
 RECIPE_TEXT_NEGATIVES = "relation"
 
 
@@ -137,11 +139,15 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
     p.add_argument("--shapes-seed", type=non_negative_int, default=None, metavar="S",
                    help="draw the shapes set with seed S (default: --seed); each seed gets its own data folder")
-    p.add_argument("--steps", type=positive_int, default=1500, help="the BE's training steps (default 1500)")
+    p.add_argument("--steps", type=positive_int, default=1500,
+                   help="steps of the pre-trained model, Joint from scratch (default 1500)")
     p.add_argument("--ce-steps", type=positive_int, default=CE_STEPS, metavar="N",
-                   help=f"steps of the Sep CE and of Joint, both starting from the BE (default {CE_STEPS})")
-    p.add_argument("--flickr-steps", type=positive_int, default=1000,
-                   help="steps of each training run on real photos (default 1000)")
+                   help=f"steps of the Sep CE, from the pre-trained model (default {CE_STEPS})")
+    p.add_argument("--joint-steps", type=positive_int, default=JOINT_STEPS, metavar="N",
+                   help=f"steps of Joint, from the pre-trained model (default {JOINT_STEPS})")
+    p.add_argument("--flickr-steps", type=positive_int, default=FLICKR_STEPS,
+                   help=f"real photos: steps of the pre-trained model, the Sep CE and Joint; the Sep BE takes half "
+                        f"(default {FLICKR_STEPS})")
     p.add_argument("--text-negatives", default=RECIPE_TEXT_NEGATIVES, metavar="swap|none|KINDS",
                    help=f"the CE's swapped-caption negatives on the shapes set, as for train "
                         f"(default {RECIPE_TEXT_NEGATIVES}); real photos use swap")
@@ -308,10 +314,11 @@ def cmd_recipe(s) -> int:
     shapes_seed = a.seed if a.shapes_seed is None else a.shapes_seed
     runs = [RecipeOptions(work=str(work / ("shapes" if shapes_seed == 0 else f"shapes-{shapes_seed}")), kind="shapes",
                           seed=a.seed, data_seed=shapes_seed, steps=a.steps, ce_steps=a.ce_steps,
-                          text_negatives=a.text_negatives, device=a.device)]
+                          joint_steps=a.joint_steps, text_negatives=a.text_negatives, device=a.device)]
     if a.flickr:
         runs.append(RecipeOptions(work=str(work / "flickr"), kind="flickr", data=a.flickr, seed=a.seed,
-                                  steps=a.flickr_steps, device=a.device))
+                                  steps=a.flickr_steps, be_steps=max(1, a.flickr_steps // 2),
+                                  ce_steps=a.flickr_steps, joint_steps=a.flickr_steps, device=a.device))
     reports, dirs = {}, {}
     for o in runs:
         bar, stage = None, None
@@ -365,7 +372,9 @@ def _argv_for_doc(a) -> list[str]:
         out += ["--steps", str(a.steps)]
     if a.ce_steps != CE_STEPS:
         out += ["--ce-steps", str(a.ce_steps)]
-    if a.flickr_steps != 1000:
+    if a.joint_steps != JOINT_STEPS:
+        out += ["--joint-steps", str(a.joint_steps)]
+    if a.flickr_steps != FLICKR_STEPS:
         out += ["--flickr-steps", str(a.flickr_steps)]
     if a.text_negatives != RECIPE_TEXT_NEGATIVES:
         out += ["--text-negatives", a.text_negatives]
