@@ -219,7 +219,7 @@ def cmd_train(s) -> int:
     elif last.phase == "cancelled":
         print(f"Stopped at step {last.step:,} of {last.steps:,}; run the same command with --resume to go on.")
     else:
-        best = f"; best dev mean recall {last.best:.3f}" if last.best is not None else ""
+        best = f"; best dev figure {last.best:.3f}" if last.best is not None else ""
         print(f"Trained {a.mode} for {last.step:,} steps{best}. Checkpoint: {summary['out']} "
               f"(use it with --model {summary['out']}).")
     return 130 if last.phase == "cancelled" else 0

@@ -161,7 +161,7 @@ class TrainProgress:
     steps: int
     losses: dict[str, float] = field(default_factory=dict)
     dev: dict[str, float] | None = None  # the last dev figures
-    best: float | None = None  # best dev mean recall so far
+    best: float | None = None  # best dev figure so far (`mean` of dev_figures)
     message: str = ""
 
 
@@ -499,8 +499,9 @@ class Trainer:
 
     # ----- the dev figure --------------------------------------------------------
     def dev_figures(self) -> dict[str, float]:
-        """Recall on the dev photos: of the BE (modes be, joint) and of the CE over every pair (ce, joint);
-        `mean` is what the best checkpoint is chosen by."""
+        """Recall on the dev photos: of the BE (modes be, joint) and of the CE over every pair (ce, joint), with
+        the CE's twin pair accuracy where the dev split has twins; `mean` (the mean of each scorer's mean
+        recall, a CE's averaged with its pair accuracy) is what the best checkpoint is chosen by."""
         import torch
 
         from .recall import mean_recall, recalls
@@ -604,7 +605,7 @@ class Trainer:
                     self.save_checkpoint()
                     self._write_log(started)
                     yield TrainProgress("saved", self.step, o.steps, losses, dev, self.best,
-                                        message=f"best dev mean recall {dev['mean']:.3f} at step {self.step:,}")
+                                        message=f"best dev figure {dev['mean']:.3f} at step {self.step:,}")
                 else:
                     yield TrainProgress("evaluating", self.step, o.steps, losses, dev, self.best)
             elif self.dev is None and (self.step % every == 0 or last):
