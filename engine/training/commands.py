@@ -14,11 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # The recipe's Sep CE stage on the shapes set (docs/QUALITY.md says why): a CE learns to read colours within a
-# few hundred steps, but the relation ("left of" against "right of") only after a long plateau
+# few hundred steps, but the relation ("left of" against "right of") only after a long plateau. Its caption
+# negatives are every kind of swap: with relation swaps alone, a CE fine-tuned from the pre-trained model
+# learned neither colours nor the relation in 3000 steps (twin pair accuracy 50.2 / 49.4 on the test split),
+# with all kinds the same run reached 92.9 / 94.4 on the dev split.
 CE_STEPS = 3000
 JOINT_STEPS = 1500
 FLICKR_STEPS = 500
-RECIPE_TEXT_NEGATIVES = "relation"
+RECIPE_TEXT_NEGATIVES = "swap"
 
 
 def _probability(text: str) -> float:
