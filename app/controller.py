@@ -13,9 +13,9 @@ from PySide6.QtCore import QObject, Signal
 from picsift.workers import GeneratorThread, call_generator
 from picsift.engine.captions import import_collection
 from picsift.engine.errors import ModelMismatchError, PicsiftError
-from picsift.engine.indexer import index_folders
+from picsift.engine.index.indexer import index_folders
 from picsift.engine.library import Library
-from picsift.engine.search import SearchUpdate, Searcher, arrange
+from picsift.engine.search.searcher import SearchUpdate, Searcher, arrange
 
 
 class Controller(QObject):
@@ -56,7 +56,7 @@ class Controller(QObject):
         self._request = 0
         self.session = None  # the engine's state of the current query (candidates, scores, scope)
         self.min_score: float | None = None  # what the user sees of the order: weak hits hidden,
-        self.sort = "relevance"  # and the order (engine.search.arrange)
+        self.sort = "relevance"  # and the order (engine.search.searcher.arrange)
         self._last: tuple[int, SearchUpdate] | None = None  # the last update, to arrange again
         self.watcher = None  # engine.watch.FolderWatcher over the library's folders, once the model is ready
         self._changed: set[str] = set()  # folders that changed while an indexing run was busy
@@ -148,7 +148,7 @@ class Controller(QObject):
     def search(self, query: str, n: int, k: int, scope: str | None = None, filters=None,
                photo: str | None = None) -> int:
         """Start a search (cancelling the one in flight); returns its request id. The query may carry terms
-        (engine.query), filters narrow the photos ranked, a photo is where the search starts from."""
+        (engine.search.query), filters narrow the photos ranked, a photo is where the search starts from."""
         self.cancel_search()
         self._request += 1
         request = self._request

@@ -194,6 +194,10 @@ class IndexPanel(QWidget):
             self.label.setText(f"Preparing the late-interaction tokens of photos indexed before them: {p.done} of "
                                f"{p.total} · {format_eta(p.eta_s)}")
             return
+        if p.phase == "reading":
+            self.label.setText(f"Reading the text in photos indexed before it was read: {p.done} of {p.total} "
+                               f"· {format_eta(p.eta_s)}")
+            return
         if p.phase == "caching":
             self.label.setText(f"Preparing the reranker's features of photos indexed before it: {p.done} of {p.total} "
                                f"· {format_eta(p.eta_s)}")
@@ -273,7 +277,9 @@ class DropPanel(QWidget):
         layout.addWidget(outer)
 
     def show_photo(self, path: str) -> None:
-        pix = QPixmap(path)
+        from picsift.preview import photo_image
+
+        pix = QPixmap.fromImage(photo_image(path, 640)[0])
         if not pix.isNull():
             pix = pix.scaled(320, 320, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
         self.preview.setPixmap(pix)

@@ -1,13 +1,15 @@
-"""The photo preview inside the window: the photo large with its date, size and folder; arrows move through
-the results, Enter (or the button) opens the system viewer, Esc closes."""
+"""The photo preview inside the window: the photo large with its date, size and folder, and the words read in
+it (those a text: search matched highlighted); arrows move through the results, Enter (or the button) opens
+the system viewer, Esc closes."""
 
 from __future__ import annotations
 
+import html
 import os
 import time
 
 from PySide6.QtCore import Qt, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QImageReader, QPixmap
+from PySide6.QtGui import QDesktopServices, QImage, QImageReader, QPixmap
 from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout
 
 from picsift.engine.cli import format_size
@@ -31,6 +33,10 @@ class PreviewDialog(QDialog):
         self.caption = QLabel()
         self.caption.setWordWrap(True)
         self.caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.words = QLabel()  # the text read in the photo
+        self.words.setWordWrap(True)
+        self.words.setTextFormat(Qt.TextFormat.RichText)
+        self.words.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.prev_button = QPushButton("◀ Previous")
         self.next_button = QPushButton("Next ▶")
         self.open_button = QPushButton("Open in Viewer")
@@ -47,6 +53,7 @@ class PreviewDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.image, 1)
         layout.addWidget(self.caption)
+        layout.addWidget(self.words)
         layout.addLayout(buttons)
         self._pixmap = QPixmap()
         self.go(row)
@@ -60,9 +67,7 @@ class PreviewDialog(QDialog):
             return
         self.row = row
         hit = self.hit
-        reader = QImageReader(hit.path)
-        reader.setAutoTransform(True)  # EXIF orientation, as the thumbnails show it
-        image = reader.read()
+        image, error = photo_image(hit.path)
         self._pixmap = QPixmap.fromImage(image) if not image.isNull() else QPixmap()
         self._show_pixmap()
         facts = self.info(hit.path) or {}
@@ -77,8 +82,11 @@ class PreviewDialog(QDialog):
         match = f"match {hit.match:.2f}" + (" (reranked)" if hit.rerank_score is not None else "")
         parts.append(f"result {row + 1} of {self.model.rowCount()}, {match}")
         if image.isNull():
-            parts.append(f"<i>the photo cannot be shown: {reader.errorString()}</i>")
+            parts.append(f"<i>the photo cannot be shown: {html.escape(error)}</i>")
         self.caption.setText(" · ".join(parts))
+        text = facts.get("text")
+        self.words.setVisible(bool(text))
+        self.words.setText(words_html(text, hit.text_matches or ()) if text else "")
         self.prev_button.setEnabled(row > 0)
         self.next_button.setEnabled(row < self.model.rowCount() - 1)
         self.setWindowTitle(f"Preview · {os.path.basename(hit.path)}")
@@ -111,3 +119,43 @@ class PreviewDialog(QDialog):
 
     def open_external(self) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(self.hit.path))
+
+
+def words_html(text: str, matched) -> str:
+    """The photo's words as rich text, one line of the photo a line, with the matched stretches marked."""
+    spans: list[tuple[int, int]] = []
+    for m in matched:
+        start = 0
+        while m and (i := text.find(m, start)) >= 0:
+            spans.append((i, i + len(m)))
+            start = i + len(m)
+    spans.sort()
+    out, pos = [], 0
+    for a, b in spans:
+        if a < pos:
+            continue
+        out.append(html.escape(text[pos:a]))
+        out.append(f'<span style="background-color:#ffd54f;color:#000"><b>{html.escape(text[a:b])}</b></span>')
+        pos = b
+    out.append(html.escape(text[pos:]))
+    return "<b>Text in the photo:</b> " + "".join(out).replace("\n", "<br>")
+
+
+def photo_image(path: str, side: int = 1600) -> tuple[QImage, str]:
+    """A photo to show, upright: by Qt's readers, else (camera RAWs, HEIC without Qt's plugin) by picsift's
+    own decoder at about `side` pixels; (a null image, why) when neither can read it."""
+    from picsift.engine.errors import ImageError
+    from picsift.engine.index.imaging import open_photo
+
+    reader = QImageReader(path)
+    reader.setAutoTransform(True)  # EXIF orientation, as the thumbnails show it
+    image = reader.read()
+    if not image.isNull():
+        return image, ""
+    try:
+        img = open_photo(path, side).image
+    except ImageError as exc:
+        return QImage(), str(exc)
+    img.thumbnail((side, side))
+    data = img.convert("RGB").tobytes()
+    return QImage(data, img.width, img.height, img.width * 3, QImage.Format.Format_RGB888).copy(), ""

@@ -21,8 +21,8 @@ from picsift.preferences import Preferences, PreferencesDialog
 from picsift.results_model import HitRole, ResultsModel
 from picsift.thumbnails import ThumbnailLoader
 from picsift.engine.errors import PicsiftError
-from picsift.engine.filters import Filters, parse_date_range, parse_types
-from picsift.engine.imaging import is_supported
+from picsift.engine.search.filters import Filters, parse_date_range, parse_types
+from picsift.engine.index.imaging import is_supported
 from picsift.engine.paths import ASSETS_DIR
 
 EMPTY_TEXT = (
@@ -67,7 +67,7 @@ class MainWindow(QMainWindow):
         # search row
         self.search = QLineEdit()
         self.search.setPlaceholderText("Describe the photo you are looking for (Ctrl+F), then Enter;"
-                                       " -word to avoid, 2:word to stress")
+                                       ' -word to avoid, 2:word to stress, text:"words" in the photo')
         self.search.setClearButtonEnabled(True)
         self.recent = QStringListModel(self)
         completer = QCompleter(self.recent, self)
@@ -496,8 +496,7 @@ class MainWindow(QMainWindow):
 
         if not index.isValid() or index.data(HitRole) is None:
             return None
-        store = self.controller.library.store
-        dialog = PreviewDialog(self.results, index.row(), store.photo_info, self)
+        dialog = PreviewDialog(self.results, index.row(), self.controller.library.photo_info, self)
         dialog.moved.connect(lambda row: self.grid.setCurrentIndex(self.results.index(row)))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()

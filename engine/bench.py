@@ -45,7 +45,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .errors import ImageError, PicsiftError
-from .imaging import decode, is_supported, open_photo
+from .index.imaging import decode, is_supported, open_photo
 from .models.random_blip import OUTLIER_SCALE
 from .token_cache import DEFAULT_BUDGET_BYTES
 from .vector_index import EXACT_LIMIT
@@ -388,7 +388,7 @@ class LargeLibrary:
         Without `lru`, the cache is the real library's, taken to hold the photos with ids below
         `cached_photos`. With `lru` (a TokenCache), that cache is used as the app uses its own: features
         stored under each photo's id, found there or not, least recently used entries evicted."""
-        from .search import Searcher
+        from .search.searcher import Searcher
         from .token_cache import format_for
 
         model, lib, ce = self.model, self.lib, self.model.ce
@@ -514,7 +514,7 @@ def late_figures(model, workdir: Path, cond: str, sizes: Sequence[int] = (200, 1
     and scoring MaxSim, at N = 200 and 1,000; with the model's LI head (its shape and its query tokens) when it
     has one, else at the default shape with random tokens (the arithmetic does not depend on the weights)."""
     from .models.late import bytes_per_photo, decode_many, encode_tokens, maxsim
-    from .store import Store
+    from .store.database import Store
 
     li = getattr(model, "li", None)
     shape = li.feature_shape if li is not None else LI_DEFAULT_SHAPE
@@ -569,10 +569,10 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
     """
     import torch
 
-    from .indexer import index_folders
+    from .index.indexer import index_folders
     from .library import Library
     from .machine import describe_cpu, has_bf16_instructions, matmul_gflops
-    from .search import Searcher
+    from .search.searcher import Searcher
     from .token_cache import format_for
     from .vector_index import modality_gap_queries, recall_at
 

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-budget", type=parse_size, metavar="SIZE",
                    help="disk the rerank cache may use, kept with the library (e.g. 2G, 500M; 0 turns it off; "
                         "default 4G); photos beyond it are encoded again when a query reranks them")
+    p.add_argument("--text-languages", metavar="LANGS",
+                   help="languages the words in photos are read in, kept with the library: Tesseract's names "
+                        "joined by + (default eng; eng+deu, fra, ...), or off to read no text")
+    p.add_argument("--raw-with-jpeg", choices=["one", "both"],
+                   help="a camera RAW beside a JPEG of the same name: one photo, the JPEG (the default, kept "
+                        "with the library), or both files as photos")
 
     for name, helptext in (("search", "find photos matching a text"),):
         p = sub.add_parser(name, parents=[common], help=helptext)
@@ -349,7 +355,7 @@ def _say(args, *msg) -> None:
 def cmd_index(s: Session) -> int:
     from tqdm import tqdm
 
-    from .indexer import index_folders
+    from .index.indexer import index_folders
 
     args = s.args
     folders = args.folders or s.library.store.folders()
@@ -358,13 +364,21 @@ def cmd_index(s: Session) -> int:
     # Checked here rather than read from the engine's progress messages: the error must show
     # under -q too, and when no folder is usable no model is loaded and no library created.
     from .paths import normalize_path
-    from .scanner import folder_problem
+    from .index.scanner import folder_problem
 
     checked = [(f, folder_problem(normalize_path(f))) for f in folders]
     problems = [p for _, p in checked if p]
     if len(problems) == len(folders):
         raise PicsiftError(shown("; ".join(problems)).capitalize() + ".")
     folders = [f for f, p in checked if not p]
+    if args.text_languages is not None:
+        langs = args.text_languages.strip()
+        if langs.lower() != "off" and not re.fullmatch(r"[A-Za-z_]+(\+[A-Za-z_]+)*", langs):
+            raise PicsiftError(f"--text-languages takes Tesseract language names joined by +, such as eng or "
+                               f"eng+deu, or off; not '{shown(langs)}'")
+        s.library.set_text_languages(None if langs.lower() == "off" else langs)
+    if args.raw_with_jpeg is not None:
+        s.library.set_raw_with_jpeg(args.raw_with_jpeg)
     if args.cache_budget is not None:
         dropped = s.library.set_cache_budget(args.cache_budget)
         _say(args, f"Rerank cache budget: {format_size(args.cache_budget)}"
@@ -379,13 +393,15 @@ def cmd_index(s: Session) -> int:
             last = progress
             for m in progress.messages:
                 s.notice(m)
-            if progress.phase in ("indexing", "late", "caching") and progress.phase != bar_phase and progress.total \
+            if progress.phase in ("indexing", "late", "caching", "reading") and progress.phase != bar_phase \
+                    and progress.total \
                     and not args.quiet and not args.json:
                 if bar is not None:
                     bar.close()
                 bar_phase = progress.phase
                 bar = tqdm(total=progress.total, unit="photo", dynamic_ncols=True, file=sys.stderr,
-                           desc={"caching": "Reranker features", "late": "LI tokens"}.get(bar_phase))
+                           desc={"caching": "Reranker features", "late": "LI tokens",
+                                 "reading": "Text in photos"}.get(bar_phase))
             if bar is not None:
                 bar.update(progress.done - bar.n)
                 if progress.current:
@@ -422,6 +438,11 @@ def _print_hits(s: Session, hits, kind: str) -> None:
         elif s.library.store.count_photos():
             print(f"No photos matched under {shown(args.scope)}." if getattr(args, "scope", None)
                   else "No photos matched.")
+            if "text:" in (getattr(args, "query", "") or "").lower() and not s.library.text.count()[1]:
+                langs = s.library.text_languages
+                print("No photo of the library has text read in it" + (
+                    f" yet ({langs}): 'picsift index' reads it where Tesseract is installed." if langs else
+                    ": reading it is off ('picsift index --text-languages eng' turns it on)."))
         else:
             print("The library has no photos yet. Index a folder first: picsift index FOLDER")
         return
@@ -429,6 +450,8 @@ def _print_hits(s: Session, hits, kind: str) -> None:
         li = f"  li {h.li_score:+.3f}" if h.li_score is not None else ""
         rr = f"  ce {h.rerank_score:.3f}" if h.rerank_score is not None else ""
         print(f"{h.rank:3d}. {h.score:+.3f}{li}{rr}  {shown(h.path if h.path is not None else h.text)}")
+        if h.text_matches:
+            print("       text: " + " · ".join(shown(" ".join(m.split())) for m in h.text_matches))
 
 
 def _search_while_ce_loads(s: Session, filters=None):
@@ -437,7 +460,7 @@ def _search_while_ce_loads(s: Session, filters=None):
     finds the candidates; the CE then reranks that same search session."""
     import threading
 
-    from .search import Searcher, _final_hits
+    from .search.searcher import Searcher, _final_hits
 
     args = s.args
     library = s.library  # opened here, before the thread reads the library's model names
@@ -464,10 +487,10 @@ def _search_while_ce_loads(s: Session, filters=None):
 
 def cmd_search(s: Session) -> int:
     from .models.registry import text_side_loads_alone
-    from .search import Searcher
+    from .search.searcher import Searcher
 
-    from .query import parse_query
-    from .search import _final_hits, arrange, check_photo_file
+    from .search.query import parse_query
+    from .search.searcher import _final_hits, arrange, check_photo_file
 
     args = s.args
     t0 = time.perf_counter()
@@ -508,7 +531,7 @@ def cmd_search(s: Session) -> int:
 
 def _search_filters(args):
     """The filters a search's options ask for, or None."""
-    from .filters import Filters, parse_date_range, parse_types
+    from .search.filters import Filters, parse_date_range, parse_types
 
     lo = hi = None
     if args.date:
@@ -602,7 +625,7 @@ def cmd_watch(s: Session) -> int:
     """Index the library's folders once, then again whenever photos in them change, until interrupted."""
     import queue
 
-    from .indexer import index_folders
+    from .index.indexer import index_folders
     from .watch import FolderWatcher
 
     args = s.args
@@ -651,7 +674,7 @@ def cmd_recent(s: Session) -> int:
 def cmd_captions(s: Session) -> int:
     from tqdm import tqdm
 
-    from .search import Searcher, check_photo_file
+    from .search.searcher import Searcher, check_photo_file
 
     args = s.args
     check_photo_file(args.image)
@@ -670,7 +693,7 @@ def cmd_captions(s: Session) -> int:
 
 
 def cmd_similar(s: Session) -> int:
-    from .search import Searcher
+    from .search.searcher import Searcher
 
     hits = Searcher(s.library, s.model).similar(s.args.image, n=s.args.n)
     _print_hits(s, hits, "photo")
@@ -707,6 +730,9 @@ def cmd_status(s: Session) -> int:
     li = st.get("late_interaction")
     if li:
         print(f"LI tokens:   {li['photos']} of {st['photos']} photos, {format_size(li['bytes'])}")
+    text = st["text_in_photos"]
+    print(f"Text:        {text['with_text']} of {text['read']} photos read have words"
+          + (f" (languages {text['languages']})" if text["languages"] else " (reading text is off)"))
     if st.get("read_only"):
         print("Read-only:   searching works; indexing needs write access")
     print(f"Skipped:     {st['skipped']}")

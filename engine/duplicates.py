@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ImageError
-from .imaging import open_photo
+from .index.imaging import open_photo
 
 COSINE = 0.95  # BE cosine at or above which two photos are near-duplicate candidates
 HAMMING = 10  # of the 64 bits of the difference hash: what confirms a candidate pair

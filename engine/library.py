@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import LibraryError, ModelMismatchError
-from .store import LEGACY_PREFIX, Store
+from .store.database import LEGACY_PREFIX, Store
+from .store.photo_text import PhotoText
 from .token_cache import DEFAULT_BUDGET_BYTES, TokenCache
 from .vector_index import EXACT_LIMIT, VectorIndex
 
@@ -37,11 +38,12 @@ class Library:
             raise LibraryError(f"cannot create the library folder {self.folder}: {exc.strerror or exc}") from exc
         self.store = Store(self.folder / self.DB_NAME, check=check)
         self.read_only = self.store.read_only
+        self.text = PhotoText(self.store)  # the words read in photos
         saved = self.store.get_meta("cache_budget_bytes")
         self.tokens = TokenCache(self.folder / self.CACHE_NAME, int(saved) if saved else cache_budget_bytes,
                                  read_only=self.read_only)
         self.exact_limit = exact_limit
-        self.notices: list[str] = list(self.tokens.notices)
+        self.notices: list[str] = list(self.tokens.notices) + self.text.notices
         self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
         if not self.read_only:
@@ -283,6 +285,47 @@ class Library:
         self.store.set_meta("cache_budget_bytes", str(int(budget_bytes)))
         return self.tokens.set_budget(budget_bytes)
 
+    def photo_info(self, path: str) -> dict | None:
+        """What a preview shows of an indexed photo: bytes, width, height, when taken, and the words read in
+        it ("" when none were found, None when it was not read); None when the photo is not in the library."""
+        info = self.store.photo_info(path)
+        if info is None:
+            return None
+        row = self.store.photo(path)
+        info["text"] = None
+        if row is not None and row.hash:
+            read = self.text.texts([row.hash])
+            info["text"] = read.get(row.hash, "" if row.hash in self.text.hashes_read_of([row.hash]) else None)
+        return info
+
+    # ----- how photos are read (kept with the library) --------------------------
+    RAW_WITH_JPEG = ("one", "both")
+
+    @property
+    def raw_with_jpeg(self) -> str:
+        """'one': a camera RAW beside a JPEG of the same name is one photo, the JPEG (the default, as people
+        shooting RAW+JPEG expect); 'both': each file is a photo."""
+        value = self.store.get_meta("raw_with_jpeg")
+        return value if value in self.RAW_WITH_JPEG else "one"
+
+    def set_raw_with_jpeg(self, value: str) -> None:
+        if value not in self.RAW_WITH_JPEG:
+            raise ValueError(f"raw_with_jpeg is one of {', '.join(self.RAW_WITH_JPEG)}, not '{value}'")
+        self.store.set_meta("raw_with_jpeg", value)
+
+    @property
+    def text_languages(self) -> str | None:
+        """The Tesseract languages the photos' text is read in ('eng', 'eng+deu'), or None when the library
+        reads no text (turned off)."""
+        value = self.store.get_meta("text_languages")
+        if value == "off":
+            return None
+        return value or "eng"
+
+    def set_text_languages(self, value: str | None) -> None:
+        """'eng+deu' and the like, or None to read no text in photos."""
+        self.store.set_meta("text_languages", value or "off")
+
     def forget_paths(self, paths: Sequence[str]) -> int:
         """Take photos out of the library by path (files moved to the trash): rows, vectors and cached
         features of content no other photo has; returns how many rows went."""
@@ -300,6 +343,7 @@ class Library:
             if vi is not None:
                 vi.remove(ids)
             self.store.sweep_vectors()
+            self.text.sweep()
         self.tokens.keep_only(self.store.all_hashes())
         self.save_index(key)
         return len(ids)
@@ -416,4 +460,10 @@ class Library:
             "rerank_cache": {"photos": self.tokens.count(ce) if ce else 0, "bytes": self.tokens.size_bytes,
                              "budget_bytes": self.tokens.budget_bytes, "layout": self.store.get_meta("ce_layout")},
             "late_interaction": self._late_status(),
+            "text_in_photos": self._text_status(),
+            "raw_with_jpeg": self.raw_with_jpeg,
         }
+
+    def _text_status(self) -> dict:
+        read, with_words = self.text.count()
+        return {"languages": self.text_languages, "read": read, "with_text": with_words}

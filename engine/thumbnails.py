@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import ImageError
-from .imaging import open_photo
+from .index.imaging import open_photo
 
 DEFAULT_SIZE = 256
 

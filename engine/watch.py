@@ -10,9 +10,9 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from .imaging import is_supported
+from .index.imaging import is_supported
 from .paths import in_any, is_under, normalize_path
-from .scanner import skip_dir
+from .index.scanner import skip_dir
 
 log = logging.getLogger("picsift.watch")
 

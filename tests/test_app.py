@@ -15,7 +15,7 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 from conftest import make_photo  # noqa: E402
-from picsift.engine.search import Searcher  # noqa: E402
+from picsift.engine.search.searcher import Searcher  # noqa: E402
 
 MODEL_TIMEOUT = 60_000
 
@@ -437,7 +437,7 @@ def test_window_bench_fills_a_searchable_library(library, tiny_model):
 
 
 def test_filters_min_match_sort_and_recent_searches_in_the_window(qtbot, make_window, photo_folder):
-    from picsift.engine.filters import Filters
+    from picsift.engine.search.filters import Filters
 
     window = make_window()
     index_and_wait(qtbot, window, [photo_folder])
@@ -632,3 +632,47 @@ def test_a_typed_date_range_filters_the_search(qtbot, make_window, tmp_path, mon
     assert bar.date.currentText() == "Dates: 2019" and bar.values()[0] == "2019"
     hits = updates[-1].hits
     assert len(hits) == 3 and all("old" in h.path for h in hits)
+
+
+def test_a_text_search_in_the_window_shows_the_photo_words_with_the_match_marked(qtbot, make_window, tmp_path):
+    from test_ocr import _reader
+    from text_photos import text_photo
+
+    _reader()  # skips where Tesseract is missing (never under CI)
+    root = tmp_path / "signs"
+    root.mkdir()
+    text_photo("HAPPY BIRTHDAY", size=(1200, 900), font_px=90).save(root / "party.jpg", quality=92)
+    text_photo("No Parking", size=(1200, 900), font_px=90, seed=4).save(root / "sign.jpg", quality=92)
+    window = make_window()
+    index_and_wait(qtbot, window, [root])
+    assert "text:" in window.search.placeholderText()
+    window.k_box.setValue(0)
+    window.search.setText("text:birth")
+    collect_updates(qtbot, window, window.run_search)
+    assert window.results.rowCount() == 1
+    hit = window.results.hit_at(window.results.index(0))
+    assert hit.path.endswith("party.jpg") and [m.lower() for m in hit.text_matches] == ["birth"]
+    dialog = window.preview_index(window.results.index(0))
+    assert dialog.words.isVisible()
+    shown = dialog.words.text()
+    assert "Text in the photo:" in shown and "HAPPY" in shown
+    assert '<span style="background-color:#ffd54f;color:#000"><b>BIRTH</b></span>DAY' in shown
+    dialog.close()
+
+
+def test_the_preview_shows_a_camera_raw_through_picsift_decoder(qtbot, make_window, tmp_path):
+    pytest.importorskip("rawpy")
+    from raw_photos import write_dng
+
+    root = tmp_path / "raw"
+    root.mkdir()
+    write_dng(root / "IMG_0001.dng", size=(384, 256))
+    window = make_window()
+    index_and_wait(qtbot, window, [root])
+    window.k_box.setValue(0)
+    window.search.setText("a photo")
+    collect_updates(qtbot, window, window.run_search)
+    dialog = window.preview_index(window.results.index(0))
+    assert not dialog.image.pixmap().isNull() and "cannot be shown" not in dialog.caption.text()
+    assert not dialog.words.isVisible()
+    dialog.close()

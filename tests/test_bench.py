@@ -223,7 +223,7 @@ def test_cpu_description_reads_the_flags(tmp_path, monkeypatch):
 
 
 def test_synthetic_inputs_look_like_real_ones():
-    from picsift.engine.imaging import decode
+    from picsift.engine.index.imaging import decode
 
     jpeg = synthetic_jpeg(800, 600)
     assert decode(jpeg).width == 800

@@ -287,10 +287,10 @@ def test_embed_collection_touches_only_its_own_collection(library, tiny_model, t
 
 def test_caption_vectors_belong_to_the_model_that_made_them(library, tiny_model, tmp_path, photo_folder):
     """Captions prepared with one model (before any photo was indexed) are never read by another."""
-    from picsift.engine.indexer import index_folders
+    from picsift.engine.index.indexer import index_folders
     from picsift.engine.models import load_model
     from picsift.engine.models.random_blip import build_random_blip
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     other = load_model(str(build_random_blip(tmp_path / "other", "tiny", seed=3)), device="cpu")
     f = _write(tmp_path / "pets.txt", "a dog on the beach\na cat on a sofa\na red car in the snow\n")
@@ -313,8 +313,8 @@ def test_caption_vectors_belong_to_the_model_that_made_them(library, tiny_model,
 
 def test_a_reimported_collection_is_not_answered_from_the_old_one(library, tiny_model, tmp_path, photo_folder):
     """A searcher keeps prepared caption vectors; a collection imported again under the same name is new."""
-    from picsift.engine.indexer import index_folders
-    from picsift.engine.search import Searcher
+    from picsift.engine.index.indexer import index_folders
+    from picsift.engine.search.searcher import Searcher
 
     for _ in index_folders(library, tiny_model, [str(photo_folder)]):
         pass

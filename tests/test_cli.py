@@ -618,8 +618,8 @@ def test_format_size_uses_binary_units():
 def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_dir, capsys, monkeypatch):
     import gc
 
-    import picsift.engine.indexer
-    from picsift.engine.indexer import IndexProgress
+    import picsift.engine.index.indexer
+    from picsift.engine.index.indexer import IndexProgress
 
     def interrupted(library, model, folders, **options):
         yield IndexProgress("scanning")
@@ -627,7 +627,7 @@ def test_ctrl_c_while_indexing_leaves_the_message_last(photo_folder, tiny_model_
         yield IndexProgress("indexing", done=4, total=12, current=str(photo_folder / "home" / "photo_00.jpg"))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(picsift.engine.indexer, "index_folders", interrupted)
+    monkeypatch.setattr(picsift.engine.index.indexer, "index_folders", interrupted)
     rc, out, err = run(capsys, "index", photo_folder, "--model", tiny_model_dir)
     gc.collect()  # a bar nobody closed draws itself once more when it is collected
     err += capsys.readouterr().err
@@ -655,7 +655,7 @@ def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, 
     hits = json.loads(out)
     own = load_model(str(tiny_model_dir), device="cpu")
     sep = load_model(str(tiny_model_dir), device="cpu", ce_model=str(ce_dir))
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     with Library(os.environ["PICSIFT_HOME"]) as lib:
         expected = Searcher(lib, sep).search("a dog on the beach", n=5, k=5)
@@ -678,7 +678,7 @@ def test_reranked_search_embeds_the_query_while_the_ce_loads(indexed, tiny_model
     from picsift.engine import cli
     from picsift.engine.library import Library
     from picsift.engine.models import load_model
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     text_side_done = threading.Event()
     full_waited = []

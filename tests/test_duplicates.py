@@ -49,7 +49,7 @@ def _names(group) -> list[str]:
 
 def test_exact_and_near_duplicates_are_grouped_largest_first(tiny_model, dup_folder, library):
     from picsift.engine.duplicates import dhash, find_duplicates, hamming
-    from picsift.engine.indexer import index_folders
+    from picsift.engine.index.indexer import index_folders
 
     list(index_folders(library, tiny_model, [str(dup_folder)]))
     groups = find_duplicates(library)
@@ -70,8 +70,8 @@ def test_exact_and_near_duplicates_are_grouped_largest_first(tiny_model, dup_fol
 
 def test_trash_moves_the_chosen_photos_and_the_library_forgets_them(tiny_model, dup_folder, library, trash_home):
     from picsift.engine.duplicates import find_duplicates, trash
-    from picsift.engine.indexer import index_folders
-    from picsift.engine.search import Searcher
+    from picsift.engine.index.indexer import index_folders
+    from picsift.engine.search.searcher import Searcher
 
     list(index_folders(library, tiny_model, [str(dup_folder)]))
     assert library.store.count_photos() == 8
@@ -91,7 +91,7 @@ def test_trash_moves_the_chosen_photos_and_the_library_forgets_them(tiny_model, 
 def indexed_dups(tiny_model, dup_folder, library, tmp_path):
     """dup_folder indexed, with a link in it to a photo outside the library (the scanner follows it, so the
     library records the link) and a link to a text file outside; returns the outside folder."""
-    from picsift.engine.indexer import index_folders
+    from picsift.engine.index.indexer import index_folders
 
     outside = tmp_path / "outside"
     make_photo(outside / "elsewhere.jpg", seed=40, size=(64, 48))

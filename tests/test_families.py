@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from picsift.engine.errors import ModelNotFoundError
-from picsift.engine.indexer import index_folders
+from picsift.engine.index.indexer import index_folders
 from picsift.engine.models import load_model
-from picsift.engine.search import Searcher
+from picsift.engine.search.searcher import Searcher
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""picsift.engine.imaging: every supported format decodes to RGB at the right size, orientation is
+"""picsift.engine.index.imaging: every supported format decodes to RGB at the right size, orientation is
 applied once, and every bad input becomes an ImageError with a reason a user can read."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from picsift.engine import imaging
+from picsift.engine.index import imaging
 from picsift.engine.errors import ImageError
-from picsift.engine.imaging import decode, is_supported, open_photo, read_file
+from picsift.engine.index.imaging import decode, is_supported, open_photo, read_file
 
 from conftest import make_photo
 
@@ -467,9 +467,14 @@ def test_is_supported_heic_when_pillow_heif_is_present(name):
     assert is_supported(name)
 
 
+@pytest.mark.parametrize("name", ["a.CR2", "b.cr3", "c.nef", "d.ARW", "e.dng", "f.orf", "g.raf", "h.rw2"])
+def test_camera_raws_are_supported(name):
+    assert is_supported(name)
+
+
 @pytest.mark.parametrize(
     "name",
-    ["notes.txt", "README", "jpg", "photo", "photo.jpg.txt", "movie.mp4", "raw.cr2", "photo.jpg~",
+    ["notes.txt", "README", "jpg", "photo", "photo.jpg.txt", "movie.mp4", "raw.cr2.xmp", "photo.jpg~",
      "folder.jpg/notes", ""],
 )
 def test_is_supported_rejects_other_names(name):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import make_photo
-from picsift.engine.indexer import index_folders
+from picsift.engine.index.indexer import index_folders
 from picsift.engine.jobs import CancelToken
 from picsift.engine.errors import ModelMismatchError
 from picsift.engine.library import Library
@@ -261,7 +261,7 @@ def test_kill_during_indexing_then_resume(tmp_path, tiny_model_dir, tiny_model):
 def test_another_model_embeds_beside_the_first_then_takes_over_search(library, tiny_model, photo_folder, tmp_path):
     from picsift.engine.models import load_model
     from picsift.engine.models.random_blip import build_random_blip
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     run(library, tiny_model, [photo_folder])
     pid = library.store.photo(str(photo_folder / "home" / "photo_00.jpg")).id
@@ -318,7 +318,7 @@ def test_rerank_cache_budget_is_kept_and_enforced(tmp_path, tiny_model, photo_fo
         make_photo(photo_folder / "home" / "extra.png", seed=77)
         run(lib, tiny_model, [photo_folder])
         assert lib.tokens.count() == 5  # no room: the new photo is reranked on demand instead
-        from picsift.engine.search import Searcher
+        from picsift.engine.search.searcher import Searcher
 
         hits = Searcher(lib, tiny_model).search("a dog", n=13, k=13)
         assert all(h.rerank_score is not None for h in hits)
@@ -352,7 +352,7 @@ def test_a_new_reranker_gets_the_features_of_photos_indexed_before_it_while_the_
     assert library.tokens.count(sep.ce.key) == 8 and library.tokens.count(own) == 0
     assert any("rerank cache is full" in m for r in records for m in r.messages)
     # The features are the new CE's own: a rerank from the cache matches one computed fresh.
-    from picsift.engine.imaging import open_photo
+    from picsift.engine.index.imaging import open_photo
 
     path = sorted(str(p) for p in photo_folder.rglob("*.png"))[0]
     row = library.store.photo(path)
@@ -375,7 +375,7 @@ def test_excluded_folders_leave_the_library_and_are_not_walked_until_included(li
     assert library.excluded_folders() == [trips]
     records = list(index_folders(library, tiny_model, [str(photo_folder)]))
     assert records[-1].embedded == 0 and library.store.count_photos() == 6
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     hits = Searcher(library, tiny_model).search("a photo", n=12, k=0)
     assert len(hits) == 6 and not any("/trips/" in h.path for h in hits)

@@ -137,7 +137,7 @@ def _reference_li(folder, image_path, query):
     """The LI score computed straight from transformers' model and the head, in float32."""
     from transformers import AutoProcessor, BlipForImageTextRetrieval
 
-    from picsift.engine.imaging import open_photo
+    from picsift.engine.index.imaging import open_photo
     from picsift.engine.models.late_head import load_head, maxsim_matrix, text_outputs, vision_outputs
 
     model = BlipForImageTextRetrieval.from_pretrained(folder).eval()
@@ -154,10 +154,10 @@ def _reference_li(folder, image_path, query):
 
 
 def test_indexing_stores_li_tokens_and_search_orders_by_them_with_li_score(late_model_dir, photo_folder, library):
-    from picsift.engine.indexer import index_folders
+    from picsift.engine.index.indexer import index_folders
     from picsift.engine.models import load_model
     from picsift.engine.models.late import bytes_per_photo
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     model = load_model(str(late_model_dir), device="cpu", precision="fp32")
     assert model.li is not None and model.li.feature_shape == (3, 16)
@@ -185,9 +185,9 @@ def test_indexing_stores_li_tokens_and_search_orders_by_them_with_li_score(late_
 
 def test_adding_an_li_head_keeps_the_library_and_fills_in_the_tokens(tiny_model, late_model_dir, photo_folder,
                                                                     library):
-    from picsift.engine.indexer import index_folders
+    from picsift.engine.index.indexer import index_folders
     from picsift.engine.models import load_model
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     list(index_folders(library, tiny_model, [str(photo_folder)]))
     before = Searcher(library, tiny_model).search("a blue circle", n=5, k=3)
@@ -225,7 +225,7 @@ def test_search_from_the_terminal_reports_li_scores(late_model_dir, photo_folder
 def _li_matrix(folder, data):
     """(captions, photos) LI scores of a checkpoint on a dataset, through the product's code path (the
     cascade's LI stage, int8 storage included)."""
-    from picsift.engine.imaging import open_photo
+    from picsift.engine.index.imaging import open_photo
     from picsift.engine.models import load_model
     from picsift.engine.models.late import decode_tokens, encode_tokens, maxsim
 
@@ -279,7 +279,7 @@ def test_an_li_head_distilled_from_a_ce_orders_photos_like_the_ce(tiny_model_dir
     BLIP model: only the new head trains, and its LI order follows the CE's."""
     from transformers import BlipForImageTextRetrieval
 
-    from picsift.engine.imaging import open_photo
+    from picsift.engine.index.imaging import open_photo
     from picsift.engine.models import load_model
     from picsift.engine.models.late_head import head_for, save_head
     from picsift.engine.training.datasets import read_dataset

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import make_photo
 from picsift.engine.errors import LibraryDamagedError, LibraryReadOnlyError
-from picsift.engine.indexer import index_folders
+from picsift.engine.index.indexer import index_folders
 from picsift.engine.library import Library
-from picsift.engine.search import Searcher
+from picsift.engine.search.searcher import Searcher
 
 
 def run(library, model, folders, **kw):
@@ -375,7 +375,7 @@ def _make_schema_1(lib_dir, model_id, ids, vecs, paths, hashes, feats):
 
 def test_a_large_database_is_checked_by_status_and_writers_and_damage_met_by_a_search_is_one_sentence(
         tmp_path, tiny_model, photo_folder, tiny_model_dir, monkeypatch):
-    from picsift.engine.store import Store
+    from picsift.engine.store.database import Store
 
     lib_dir = tmp_path / "lib"
     with Library(lib_dir) as lib:

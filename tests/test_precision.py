@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from conftest import make_photo
-from picsift.engine.indexer import index_folders
+from picsift.engine.index.indexer import index_folders
 from picsift.engine.library import Library
 from picsift.engine.models import load_model
 from picsift.engine.models.random_blip import build_random_blip
-from picsift.engine.search import Searcher
+from picsift.engine.search.searcher import Searcher
 from picsift.engine.token_cache import TokenCache, decode_tokens, encode_tokens
 
 SUBJECTS = ["a dog", "two children", "a woman", "a red car", "a black cat", "people", "a man", "a horse"]

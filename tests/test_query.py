@@ -16,7 +16,7 @@ from conftest import make_photo
 
 # ----- the query's terms ------------------------------------------------------------------------------
 def test_terms_signs_weights_and_quotes():
-    from picsift.engine.query import Term, parse_query
+    from picsift.engine.search.query import Term, parse_query
 
     q = parse_query('beach at sunset -people 2:"golden hour" -0.5:car 0:ignored t-shirt')
     assert q.terms == [Term("beach at sunset t-shirt"), Term("people", -1.0), Term("golden hour", 2.0),
@@ -28,7 +28,7 @@ def test_terms_signs_weights_and_quotes():
 
 
 def test_a_query_of_negative_terms_alone_is_refused_unless_a_photo_is_given():
-    from picsift.engine.query import QueryError, parse_query
+    from picsift.engine.search.query import QueryError, parse_query
 
     with pytest.raises(QueryError, match="nothing to search for"):
         parse_query("-people -cars")
@@ -39,7 +39,7 @@ def test_a_query_of_negative_terms_alone_is_refused_unless_a_photo_is_given():
 
 
 def test_the_be_vector_is_the_normalised_weighted_sum_of_the_terms_and_the_photo():
-    from picsift.engine.query import QueryError, parse_query
+    from picsift.engine.search.query import QueryError, parse_query
 
     q = parse_query("red 2:car -people", photo="p.jpg")
     texts = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]], np.float32)  # red, car, people
@@ -53,7 +53,7 @@ def test_the_be_vector_is_the_normalised_weighted_sum_of_the_terms_and_the_photo
 
 # ----- filters -----------------------------------------------------------------------------------------
 def test_date_ranges_as_people_type_them():
-    from picsift.engine.filters import FilterError, parse_date_range
+    from picsift.engine.search.filters import FilterError, parse_date_range
 
     today = dt.date(2026, 3, 15)
     at = lambda *d: dt.datetime(*d).timestamp()  # noqa: E731
@@ -73,7 +73,7 @@ def test_date_ranges_as_people_type_them():
 
 
 def test_file_types_and_orientation():
-    from picsift.engine.filters import FilterError, parse_orientation, parse_types
+    from picsift.engine.search.filters import FilterError, parse_orientation, parse_types
 
     assert parse_types("JPG, png") == ("jpg", "jpeg", "jpe", "png")
     assert parse_types(".heic") == ("heic", "heif")
@@ -120,9 +120,9 @@ def dated_folder(tmp_path):
 
 
 def test_indexing_stores_when_photos_were_taken_and_filters_select_them(tiny_model, dated_folder, library):
-    from picsift.engine.filters import Filters, parse_date_range
-    from picsift.engine.indexer import index_folders
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.filters import Filters, parse_date_range
+    from picsift.engine.index.indexer import index_folders
+    from picsift.engine.search.searcher import Searcher
 
     root, paths = dated_folder
     list(index_folders(library, tiny_model, [str(root)]))
@@ -152,7 +152,7 @@ def test_indexing_stores_when_photos_were_taken_and_filters_select_them(tiny_mod
 
 
 def test_photos_indexed_before_dates_were_kept_get_them_at_the_next_index(tiny_model, dated_folder, library):
-    from picsift.engine.indexer import index_folders
+    from picsift.engine.index.indexer import index_folders
 
     root, paths = dated_folder
     list(index_folders(library, tiny_model, [str(root)]))
@@ -170,8 +170,8 @@ def test_photos_indexed_before_dates_were_kept_get_them_at_the_next_index(tiny_m
 # ----- terms in a search session --------------------------------------------------------------------------
 def test_a_session_searches_with_the_terms_vector_and_the_ce_reads_the_positive_words(tiny_model, photo_folder,
                                                                                        library):
-    from picsift.engine.indexer import index_folders
-    from picsift.engine.search import Searcher
+    from picsift.engine.index.indexer import index_folders
+    from picsift.engine.search.searcher import Searcher
 
     list(index_folders(library, tiny_model, [str(photo_folder)]))
     searcher = Searcher(library, tiny_model)
@@ -185,7 +185,7 @@ def test_a_session_searches_with_the_terms_vector_and_the_ce_reads_the_positive_
     scores, ids = vi.search(want[None].astype(np.float32), 6)
     assert [h.id for h in hits] == [int(i) for i in ids[0]]
     # the CE scored the words "red square blue", not the negative term
-    from picsift.engine.search import _final_hits
+    from picsift.engine.search.searcher import _final_hits
 
     final = _final_hits(session.stream(2))
     top = [h for h in final if h.rerank_score is not None]
@@ -196,8 +196,8 @@ def test_a_session_searches_with_the_terms_vector_and_the_ce_reads_the_positive_
 
 
 def test_a_photo_plus_words_starts_from_the_photo_and_leaves_it_out(tiny_model, photo_folder, library):
-    from picsift.engine.indexer import index_folders
-    from picsift.engine.search import Searcher, _final_hits
+    from picsift.engine.index.indexer import index_folders
+    from picsift.engine.search.searcher import Searcher, _final_hits
 
     list(index_folders(library, tiny_model, [str(photo_folder)]))
     searcher = Searcher(library, tiny_model)
@@ -217,8 +217,8 @@ def test_a_photo_plus_words_starts_from_the_photo_and_leaves_it_out(tiny_model, 
 
 # ----- what the user sees ------------------------------------------------------------------------------------
 def test_min_score_hides_weak_hits_and_date_sort_puts_the_newest_first(tiny_model, dated_folder, library):
-    from picsift.engine.indexer import index_folders
-    from picsift.engine.search import Searcher, arrange
+    from picsift.engine.index.indexer import index_folders
+    from picsift.engine.search.searcher import Searcher, arrange
 
     root, paths = dated_folder
     list(index_folders(library, tiny_model, [str(root)]))

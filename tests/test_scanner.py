@@ -1,4 +1,4 @@
-"""picsift.engine.scanner.scan: which files are listed, with what size and time, what is skipped, and what is
+"""picsift.engine.index.scanner.scan: which files are listed, with what size and time, what is skipped, and what is
 reported when a folder or link cannot be walked."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from picsift.engine import scanner
-from picsift.engine.scanner import FileEntry, scan
+from picsift.engine.index import scanner
+from picsift.engine.index.scanner import FileEntry, scan
 
 from conftest import make_photo
 
@@ -61,7 +61,7 @@ def test_lists_supported_files_recursively_with_size_and_mtime(tmp_path):
     _write(root / "notes.txt", b"hello")
     _write(root / "trip" / "movie.mp4", b"\x00" * 10)
     _write(root / "trip" / "README", b"readme")
-    _write(root / "trip" / "day 2" / "raw.cr2", b"raw")
+    _write(root / "trip" / "day 2" / "layers.xcf", b"gimp")
 
     result = scan(str(root))
 

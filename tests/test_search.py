@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from picsift.engine.captions import import_collection
-from picsift.engine.indexer import index_folders
-from picsift.engine.search import Searcher, order_hits, Hit
+from picsift.engine.index.indexer import index_folders
+from picsift.engine.search.searcher import Searcher, order_hits, Hit
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def _reference_probability(folder, image_path, query) -> float:
     from safetensors.torch import load_file
     from transformers import AutoProcessor, BlipForImageTextRetrieval
 
-    from picsift.engine.imaging import open_photo
+    from picsift.engine.index.imaging import open_photo
 
     model = BlipForImageTextRetrieval.from_pretrained(folder).eval()
     model.load_state_dict(load_file(str(folder / "shrunk_ce.safetensors")), strict=False)
@@ -73,7 +73,7 @@ def _reference_probability(folder, image_path, query) -> float:
 
 def test_a_shrunk_ce_reads_the_pooled_grid_and_keeps_the_checkpoints_be(tiny_model, tiny_model_dir,
                                                                        shrunk_model_dir, photo_folder):
-    from picsift.engine.imaging import open_photo
+    from picsift.engine.index.imaging import open_photo
     from picsift.engine.models import load_model
 
     model = load_model(str(shrunk_model_dir), device="cpu", precision="fp32")
@@ -109,9 +109,9 @@ def test_an_overlay_with_weights_outside_the_ce_is_refused_with_a_clear_message(
 
 def test_switching_to_a_shrunk_ce_keeps_the_vectors_and_refills_the_cache_at_the_pooled_size(
         tiny_model, shrunk_model_dir, photo_folder, library):
-    from picsift.engine.indexer import index_folders
+    from picsift.engine.index.indexer import index_folders
     from picsift.engine.models import load_model
-    from picsift.engine.search import Searcher
+    from picsift.engine.search.searcher import Searcher
 
     list(index_folders(library, tiny_model, [str(photo_folder)]))
     full_bytes = library.tokens.size_bytes
@@ -151,7 +151,7 @@ def _train(**kw):
 def _ce_logits(folder, data, pooled_base=None) -> np.ndarray:
     """(captions, photos) CE log-odds through the product's code path; pooled_base: that checkpoint's CE
     reading the pooled grid without any training (the baseline a student must beat)."""
-    from picsift.engine.imaging import open_photo
+    from picsift.engine.index.imaging import open_photo
     from picsift.engine.models import load_model
     from picsift.engine.models.blip_ce import pool_grid
 

@@ -288,8 +288,8 @@ def _evaluate(data, model, **kw):
 
 
 def test_the_be_row_ranks_as_picsift_search_does(captioned_photos, photo_folder, tiny_model, library):
-    from picsift.engine.indexer import Indexer
-    from picsift.engine.search import Searcher
+    from picsift.engine.index.indexer import Indexer
+    from picsift.engine.search.searcher import Searcher
 
     for _ in Indexer(library, tiny_model).run([str(photo_folder)]):
         pass

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
+from .raw import RAW_AVAILABLE, RAW_EXTENSIONS, decode_raw, is_raw, raw_facts
 
 try:  # HEIC/HEIF support is optional at run time, but declared as a dependency
     import pillow_heif
@@ -24,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on the platform's wheels
 SUPPORTED_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
     | ({".heic", ".heif"} if HEIF_AVAILABLE else set())
+    | (RAW_EXTENSIONS if RAW_AVAILABLE else set())
 )
 
 # Our own limit replaces Pillow's global bomb check, which warns (not fails) up to
@@ -46,12 +48,17 @@ def is_supported(name: str) -> bool:
     return dot >= 0 and name[dot:].lower() in SUPPORTED_EXTENSIONS
 
 
-def decode(data: bytes, target_size: int | None = None, max_pixels: int = MAX_PIXELS) -> DecodedPhoto:
+def decode(data: bytes, target_size: int | None = None, max_pixels: int = MAX_PIXELS,
+           name: str | None = None) -> DecodedPhoto:
     """Decode file bytes into an RGB photo.
 
     target_size lets JPEGs decode at a reduced scale that is still at least that
-    many pixels on each side (the model resizes to its own input size anyway).
+    many pixels on each side (the model resizes to its own input size anyway), and
+    camera RAWs use their embedded preview when it is that large. name (the file's
+    name or path) says whether the bytes are a camera RAW, which has no magic of its own.
     """
+    if name is not None and is_raw(name):
+        return decode_raw(data, target_size)
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -113,7 +120,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def open_photo(path: str, target_size: int | None = None) -> DecodedPhoto:
     """Read and decode a file; OS errors become ImageError with a plain reason."""
-    return decode(read_file(path), target_size)
+    return decode(read_file(path), target_size, name=path)
 
 
 def read_file(path: str) -> bytes:
@@ -135,10 +142,12 @@ _DATE_TIME_ORIGINAL = 0x9003
 _DATE_TIME = 0x0132
 
 
-def photo_facts(data: bytes) -> tuple[int | None, int | None, float | None]:
+def photo_facts(data: bytes, name: str | None = None) -> tuple[int | None, int | None, float | None]:
     """(width, height, taken) from a file's header, without decoding its pixels: the size after EXIF
     orientation, and when it was taken (EXIF DateTimeOriginal, else the EXIF DateTime; local time as
-    seconds since the epoch), None for what the file does not say or cannot be read."""
+    seconds since the epoch), None for what the file does not say or cannot be read. name: as for decode."""
+    if name is not None and is_raw(name):
+        return raw_facts(data)
     try:
         img = Image.open(io.BytesIO(data))
         w, h = img.size

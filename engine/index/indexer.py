@@ -20,20 +20,22 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import ImageError, LibraryBusyError, LibraryReadOnlyError
+from ..errors import ImageError, LibraryBusyError, LibraryReadOnlyError
 from .imaging import decode, photo_facts, read_file
-from .jobs import CancelToken
-from .library import Library
-from .paths import in_any, is_under, normalize_path
+from .ocr import CHECK_SIDE, READ_SIDE, TextReader
+from ..jobs import CancelToken
+from ..library import Library
+from ..paths import in_any, is_under, normalize_path
 from .scanner import FileEntry, folder_problem, scan
-from .token_cache import FORMATS, format_for
+from ..token_cache import FORMATS, format_for
 
 
 @dataclass
 class IndexProgress:
     phase: str  # "waiting" (for another writer), "scanning", "indexing", "late" (an LI head's tokens of photos
-    # indexed before it), "caching" (a new reranker's features of photos indexed before it), "finishing", "done"
-    # or "cancelled"
+    # indexed before it), "caching" (a new reranker's features of photos indexed before it), "reading" (the
+    # text in photos indexed before text was read, or read in other languages), "finishing", "done" or
+    # "cancelled"
     done: int = 0  # files of this run's work handled so far
     total: int = 0  # files this run has to look at (new, changed or not yet indexed)
     current: str | None = None
@@ -72,6 +74,7 @@ class _Prepared:
     height: int | None = None
     taken: float | None = None  # EXIF date taken, else the file's time (the date filter reads it)
     error: str | None = None
+    text: str | None = None  # the words read in it ("" none); None when not read (text reading off, or known)
     same_content: bool = False  # only the file time changed
     known_content: bool = False  # the library has vectors for this content already (a move or a copy)
 
@@ -84,7 +87,10 @@ class Indexer:
     """Holds what one indexing run needs; `run` is the generator."""
 
     def __init__(self, library: Library, model, cancel: CancelToken | None = None, batch_size: int | None = None,
-                 decode_threads: int = 2, token_format: str | None = None):
+                 decode_threads: int = 2, token_format: str | None = None, text_reader="auto"):
+        """text_reader: reads the words in photos (engine.index.ocr.TextReader); "auto" opens one for the
+        library's languages when this machine has Tesseract (else a notice says text in photos is off);
+        None reads no text."""
         token_format = token_format or format_for(model)
         if token_format not in FORMATS:
             raise ValueError(f"unknown token format '{token_format}'")
@@ -99,6 +105,11 @@ class Indexer:
         # JPEGs may decode at reduced scale, still at least the model's input size.
         self.target_size = getattr(model, "image_size", None)
         self._separate_rerankers = bool(getattr(model, "ce_source", None))
+        self.text_notice = None
+        if text_reader == "auto":  # shared by the process's runs; not closed here
+            text_reader, self.text_notice = TextReader.for_library(library.text_languages)
+        self.text_reader = text_reader
+        self._text_read: set[str] = set()  # content the reader has read already
 
     # ----- the worker-thread part ------------------------------------------
     def _prepare(self, entry: FileEntry, known) -> _Prepared:
@@ -111,15 +122,19 @@ class Indexer:
                 return prep
             if self.store.hashes_with_vectors(self.key, [prep.content_hash]):
                 prep.known_content = True  # a copy or a move: its size and date from the header alone
-                prep.width, prep.height, taken = photo_facts(data)
+                prep.width, prep.height, taken = photo_facts(data, entry.path)
                 prep.taken = taken if taken is not None else entry.mtime_ns / 1e9
                 return prep
-            photo = decode(data, self.target_size)
+            reader = self.text_reader
+            size = max(self.target_size or 0, CHECK_SIDE) if reader is not None else self.target_size
+            photo = decode(data, size, name=entry.path)
             prep.width, prep.height = photo.width, photo.height
             prep.taken = photo.taken if photo.taken is not None else entry.mtime_ns / 1e9
             prep.pixels = self.model.preprocess([photo.image])[0]
             if self._separate_rerankers:
                 prep.image = photo.image
+            if reader is not None and prep.content_hash not in self._text_read:
+                prep.text = self._read_text(reader, photo.image, data, entry.path)
         except ImageError as exc:
             prep.error = str(exc)
         except MemoryError:
@@ -127,6 +142,14 @@ class Indexer:
         except Exception as exc:  # a decoder bug in a library must not stop the run
             prep.error = f"could not be decoded: {type(exc).__name__}: {exc}"
         return prep
+
+    @staticmethod
+    def _read_text(reader, image, data: bytes, path: str) -> str | None:
+        """The words in a decoded photo; None when reading failed (it is tried again on the next run)."""
+        try:
+            return reader.read(image, larger=lambda: decode(data, READ_SIDE, name=path).image).text
+        except Exception:  # Tesseract failing on one photo must not stop the run, nor lose the photo
+            return None
 
     # ----- the generator --------------------------------------------------
     def run(self, folders: Sequence[str]) -> Iterator[IndexProgress]:
@@ -160,11 +183,16 @@ class Indexer:
             progress.messages.append(notice)
         if lib.verify_index(self.key):  # another writer left it short (or it was damaged): rebuilt
             progress.messages.append(lib.notices[-1])
+        if self.text_notice:
+            progress.messages.append(self.text_notice)
+        if self.text_reader is not None:
+            self._text_read = lib.text.hashes_read(self.text_reader.key)
         yield progress.snapshot()
 
         work: list[FileEntry] = []
         known: dict[str, object] = {}
         gone: list = []  # rows whose file was not found by the walk: deleted, or moved elsewhere
+        paired: list[int] = []  # rows of RAWs that are now one photo with the JPEG beside them
         seen: set[str] = set()  # across folders: a photo in nested library folders is one photo
         roots = [normalize_path(f) for f in folders]
         excluded = frozenset(lib.excluded_folders())
@@ -182,7 +210,7 @@ class Indexer:
                 continue
             if any(is_under(root, r, case_sensitive=True) for r in roots if os.path.isdir(r)):
                 continue  # inside another folder of this run: walked with it
-            result = scan(root, excluded)
+            result = scan(root, excluded, pair_raw=lib.raw_with_jpeg == "one")
             rows = store.photos_under(root, self.key)
             walked = set()
             for entry in result.files:
@@ -212,7 +240,9 @@ class Indexer:
                         vi.remove([pid])
                 progress.skipped += 1
                 progress.skipped_files.append((problem.path, problem.reason))
-            gone += [row for path, row in rows.items() if path not in walked
+            paired_raws = result.paired_raws
+            paired += [rows[raw].id for raw in paired_raws if raw in rows]
+            gone += [row for path, row in rows.items() if path not in walked and path not in paired_raws
                      and not any(is_under(path, d, case_sensitive=True) for d in result.incomplete)]
         progress.phase, progress.total = "indexing", len(work)
         yield progress.snapshot()
@@ -263,7 +293,7 @@ class Indexer:
         if not cancelled:
             # Rows whose file is gone: deleted photos (a moved one has its new row already).
             still = store.paths([row.id for row in gone])
-            removed = [pid for pid, path in still.items() if not os.path.lexists(path)]
+            removed = [pid for pid, path in still.items() if not os.path.lexists(path)] + paired
             if removed:
                 with lib.changing(self.key) as vi:
                     store.delete_photos(removed)
@@ -271,9 +301,12 @@ class Indexer:
                 progress.removed = len(removed)
             # Vectors and cached features of content no photo has any more.
             store.sweep_vectors()
+            lib.text.sweep()
             lib.tokens.keep_only(store.all_hashes())
             self._fill_facts()
-            cancelled = yield from self._fill_late_tokens(progress)
+            cancelled = yield from self._fill_text(progress)
+            if not cancelled:
+                cancelled = yield from self._fill_late_tokens(progress)
             if not cancelled:
                 cancelled = yield from self._fill_rerank_cache(progress)
             done, readable = lib.coverage(self.key)
@@ -294,9 +327,9 @@ class Indexer:
             try:
                 with open(path, "rb") as fh:
                     head = fh.read(1 << 20)
-                w, h, taken = photo_facts(head)
+                w, h, taken = photo_facts(head, path)
                 if w is None and len(head) == 1 << 20:
-                    w, h, taken = photo_facts(read_file(path))
+                    w, h, taken = photo_facts(read_file(path), path)
             except (OSError, ImageError):
                 w = h = taken = None
             facts.append((pid, w, h, taken if taken is not None else mtime_ns / 1e9))
@@ -333,10 +366,51 @@ class Indexer:
             progress.messages, progress.skipped_files = [], []
         return False
 
+    def _fill_text(self, progress: IndexProgress) -> Iterator[IndexProgress]:
+        """Photos whose text this reader has not read (indexed while text reading was off, on a machine
+        without Tesseract, or in other languages) are read now, on the decode threads. Returns whether the
+        run was cancelled meanwhile."""
+        reader = self.text_reader
+        if reader is None:
+            return False
+        todo, hashes = self._missing(self.library.text.hashes_read(reader.key))
+        if not todo:
+            return False
+        paths = self.store.paths(todo)
+
+        def read(pid: int) -> tuple[str, str | None]:
+            try:
+                data = read_file(paths[pid])
+                if content_hash(data) != hashes[pid]:
+                    return hashes[pid], None  # changed since it was indexed: the next rescan reads it
+                image = decode(data, CHECK_SIDE, name=paths[pid]).image
+            except (ImageError, OSError, MemoryError):
+                return hashes[pid], None
+            return hashes[pid], self._read_text(reader, image, data, paths[pid])
+
+        progress.phase, progress.done, progress.total, progress.rate, progress.eta_s = "reading", 0, len(todo), 0.0, None
+        start = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="picsift-text") as pool:
+            step = max(1, self.batch_size * 4)
+            for a in range(0, len(todo), step):
+                if self.cancel.cancelled:
+                    return True
+                chunk = todo[a:a + step]
+                read_now = [(h, t) for h, t in pool.map(read, chunk) if t is not None]
+                self.library.text.put(reader.key, read_now)
+                progress.done += len(chunk)
+                progress.current = paths.get(chunk[-1])
+                elapsed = time.monotonic() - start
+                progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
+                progress.eta_s = (progress.total - progress.done) / progress.rate if progress.rate else None
+                yield progress.snapshot()
+                progress.messages, progress.skipped_files = [], []
+        return False
+
     def _fill_late_tokens(self, progress: IndexProgress) -> Iterator[IndexProgress]:
         """Photos indexed before the model had its LI head get their LI tokens now (every photo needs them:
         the LI stage reads no photo that lacks them). Returns whether the run was cancelled meanwhile."""
-        from .models.late import encode_tokens
+        from ..models.late import encode_tokens
 
         li = getattr(self.model, "li", None)
         if li is None:
@@ -460,12 +534,16 @@ class Indexer:
             if new_ids:
                 vi.remove(new_ids)  # a changed photo keeps its id: replace its vector
                 vi.add(np.asarray(new_ids, np.int64), np.stack(new_vecs))
+            if self.text_reader is not None:
+                read = [(p.content_hash, p.text) for p in to_embed if p.text is not None]
+                lib.text.put(self.text_reader.key, read)
+                self._text_read.update(h for h, _ in read)
         progress.embedded += len(to_embed)
         if encoding is not None:
             li = getattr(self.model, "li", None)
             for stage_key, feats in encoding.features.items():
                 if li is not None and stage_key == li.key:  # LI tokens: every photo's, in the library itself
-                    from .models.late import encode_tokens
+                    from ..models.late import encode_tokens
 
                     store.put_late_tokens(stage_key, [(p.content_hash, encode_tokens(feats[i]))
                                                       for i, p in enumerate(to_embed)])

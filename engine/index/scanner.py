@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from .imaging import is_supported
+from .raw import is_raw
 
 JUNK_DIRS = frozenset(
     {
@@ -35,6 +36,12 @@ class ScanResult:
     problems: list[ScanProblem] = field(default_factory=list)
     # Folders whose listing failed (vanished, unreadable): photos recorded under them are kept, not swept.
     incomplete: list[str] = field(default_factory=list)
+    # Camera RAWs left out because a photo of the same name sits beside them (RAW+JPEG shooting): (raw, photo).
+    paired: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def paired_raws(self) -> set[str]:
+        return {raw for raw, _ in self.paired}
 
 
 def folder_problem(root: str) -> str | None:
@@ -49,9 +56,10 @@ def skip_dir(name: str) -> bool:
     return name.startswith(".") or name in JUNK_DIRS
 
 
-def scan(root: str, exclude: frozenset[str] | set[str] = frozenset()) -> ScanResult:
+def scan(root: str, exclude: frozenset[str] | set[str] = frozenset(), pair_raw: bool = True) -> ScanResult:
     """Recursively list supported photo files under root, following folder links once each; folders whose
-    path is in `exclude` (the library's excluded folders, normalised) are not walked."""
+    path is in `exclude` (the library's excluded folders, normalised) are not walked. pair_raw: a camera RAW
+    with a JPEG (or other non-RAW photo) of the same name in its folder is one photo, the JPEG."""
     result = ScanResult()
     root = os.path.abspath(root)
     seen: set[tuple[int, int]] = set()
@@ -72,6 +80,7 @@ def scan(root: str, exclude: frozenset[str] | set[str] = frozenset()) -> ScanRes
                 result.problems.append(ScanProblem(folder, f"folder could not be read: {_reason(exc)}"))
             continue
         subdirs = []
+        files: list[FileEntry] = []
         for entry in entries:
             name = entry.name
             try:
@@ -90,13 +99,32 @@ def scan(root: str, exclude: frozenset[str] | set[str] = frozenset()) -> ScanRes
                 continue
             if not _is_regular(st.st_mode):
                 continue
-            result.files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
+            files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
+        result.files += _pair_raws(files, result.paired) if pair_raw else files
         stack.extend(reversed(subdirs))
     return result
 
 
+def stem_key(path: str) -> str:
+    """A file's name without its extension, case-folded: what pairs IMG_0001.CR2 with IMG_0001.jpg."""
+    return os.path.splitext(os.path.basename(path))[0].casefold()
+
+
+def _pair_raws(files: list[FileEntry], paired: list[tuple[str, str]]) -> list[FileEntry]:
+    """One folder's files without the RAWs that have a non-RAW photo of the same name (noted in `paired`)."""
+    others = {stem_key(f.path): f.path for f in files if not is_raw(f.path)}
+    kept = []
+    for f in files:
+        partner = others.get(stem_key(f.path)) if is_raw(f.path) else None
+        if partner is None:
+            kept.append(f)
+        else:
+            paired.append((f.path, partner))
+    return kept
+
+
 def _normal(path: str) -> str:
-    from .paths import normalize_path
+    from ..paths import normalize_path
 
     return normalize_path(path)
 

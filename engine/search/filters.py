@@ -1,5 +1,5 @@
 """Search filters that combine with meaning: when a photo was taken, its folder, its file type, its
-orientation. They are facts stored at indexing (engine.store) and narrow the photos the BE ranks, so a
+orientation. They are facts stored at indexing (engine.store.database) and narrow the photos the BE ranks, so a
 filtered search still returns n hits when that many pass."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from .errors import PicsiftError
+from ..errors import PicsiftError
 
 ORIENTATIONS = ("landscape", "portrait", "square")
 TYPE_ALIASES = {"jpg": ("jpg", "jpeg", "jpe"), "jpeg": ("jpg", "jpeg", "jpe"), "tif": ("tif", "tiff"),

@@ -9,15 +9,15 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .captions import DEFAULT_COLLECTION, embed_collection, read_captions, resolve_collection
-from .paths import DEFAULT_COLLECTION_FILE
-from .errors import ImageError
+from ..captions import DEFAULT_COLLECTION, embed_collection, read_captions, resolve_collection
+from ..paths import DEFAULT_COLLECTION_FILE
+from ..errors import ImageError
 from .filters import Filters
-from .imaging import open_photo
-from .jobs import CancelToken
-from .library import Library
+from ..index.imaging import open_photo
+from ..jobs import CancelToken
+from ..library import Library
 from .query import parse_query
-from .token_cache import format_for
+from ..token_cache import format_for
 
 
 def check_photo_file(path: str) -> None:
@@ -37,6 +37,7 @@ class Hit:
     be_rank: int = 0  # 1-based position in the BE order
     li_score: float | None = None  # LI (late interaction) score, when the model has an LI stage
     li_rank: int = 0  # 1-based position in the LI order of the BE's candidates; 0 without an LI stage
+    text_matches: tuple[str, ...] | None = None  # the photo's own words that a query's text: terms matched
 
     @property
     def match(self) -> float:
@@ -59,6 +60,8 @@ class Hit:
             out["path"] = self.path
         if self.text is not None:
             out["text"] = self.text
+        if self.text_matches is not None:
+            out["text_matches"] = list(self.text_matches)
         return out
 
 
@@ -123,20 +126,29 @@ class Searcher:
     # ----- text -> photos --------------------------------------------------
     def session(self, query: str, n: int = 20, scope: str | None = None, filters: Filters | None = None,
                 photo: str | None = None) -> "SearchSession":
-        """A query's session: words with optional terms (engine.query), filters, and a photo to start from."""
+        """A query's session: words with optional terms (engine.search.query), filters, and a photo to start from."""
         return SearchSession(self, query, n, scope, filters, photo)
 
     def retrieve(self, query: str, n: int = 20, scope: str | None = None) -> list[Hit]:
         """BE stage only: the top n photos by cosine."""
         return self._photos_by_vector(self.model.embed_texts([query]), n, scope)
 
-    def scope_ids(self, scope: str | None, filters: Filters | None = None) -> list[int] | None:
-        """The photos a search may return (None: all): under scope, and passing the filters."""
-        from .paths import normalize_path
+    def scope_ids(self, scope: str | None, filters: Filters | None = None,
+                  text: tuple[Sequence[str], Sequence[str]] | None = None) -> list[int] | None:
+        """The photos a search may return (None: all): under scope, passing the filters, and with text
+        (terms, excluded terms) whose own words hold every term and none of the excluded."""
+        from ..paths import normalize_path
 
         allowed = None
+        if text is not None and (text[0] or text[1]):
+            if text[0]:
+                allowed = self.library.text.matching_ids(text[0], text[1])
+            else:  # only exclusions: every photo but those
+                banned = set(self.library.text.matching_ids(text[1]))
+                allowed = sorted(self.library.store.photo_ids(self.key) - banned)
         if scope:
-            allowed = self.library.store.ids_under(normalize_path(scope))
+            under = self.library.store.ids_under(normalize_path(scope))
+            allowed = under if allowed is None else sorted(set(allowed) & set(under))
         if filters is not None and not filters.empty:
             if filters.folder:
                 filters = replace(filters, folder=normalize_path(filters.folder))
@@ -145,11 +157,12 @@ class Searcher:
         return allowed
 
     def _photos_by_vector(self, vec: np.ndarray, n: int, scope: str | None = None,
-                          exclude: int | None = None, filters: Filters | None = None) -> list[Hit]:
+                          exclude: int | None = None, filters: Filters | None = None,
+                          text: tuple[Sequence[str], Sequence[str]] | None = None) -> list[Hit]:
         lib = self.library
         if not lib.store.model_dim(self.key):
             return []  # nothing indexed with this model yet
-        allowed = self.scope_ids(scope, filters)
+        allowed = self.scope_ids(scope, filters, text)
         if allowed is not None and not allowed:
             return []
         want = n + (1 if exclude is not None else 0)
@@ -236,7 +249,7 @@ class Searcher:
     def late_order(self, query_tokens: np.ndarray, hits: Sequence[Hit]) -> list[Hit]:
         """The BE's candidates in LI order, each with its li_score; photos without stored LI tokens (indexed
         since the head was added, not yet filled in) follow in BE order."""
-        from .models.late import decode_many
+        from ..models.late import decode_many
 
         li = self.late
         hashes = self.library.store.hashes([h.id for h in hits])
@@ -251,7 +264,7 @@ class Searcher:
     # ----- photo -> photos and captions -------------------------------------
     def encode_photo(self, path: str) -> tuple[np.ndarray, np.ndarray | None, int | None]:
         """(BE vector, CE features, library id or None) of any photo file; raises ImageError."""
-        from .paths import normalize_path
+        from ..paths import normalize_path
 
         apath = normalize_path(path)
         ce = self.model.ce
@@ -362,6 +375,18 @@ class SearchSession:
         self._retrieved_n = -1
         self._exhausted = False  # the BE gave fewer than asked: there are no more photos in scope
         self._lock = threading.Lock()
+        q = self.parsed
+        self._text = (q.text_terms, q.text_excluded) if q.has_text_terms else None
+
+    def _with_text_matches(self, hits: list[Hit]) -> list[Hit]:
+        """Hits with the stretches of their photo's text that the query's text: terms matched."""
+        from ..store.photo_text import matches
+
+        store = self.searcher.library.store
+        hashes = store.hashes([h.id for h in hits])
+        texts = self.searcher.library.text.texts(hashes.values())
+        return [replace(h, text_matches=tuple(matches(texts.get(hashes.get(h.id), ""), self.parsed.text_terms)))
+                for h in hits]
 
     def retrieve(self, n: int) -> list[Hit]:
         """The BE candidates, at least n of them when the scope has that many (BE runs only when needed)."""
@@ -376,8 +401,11 @@ class SearchSession:
             if n > self._retrieved_n and not (self._exhausted and self._retrieved_n >= 0):
                 # BE top N for the LI stage to order, of which the first n are kept
                 want = max(n, searcher.li_candidates) if late is not None else n
-                hits = searcher._photos_by_vector(self._vector, want, self.scope, self._exclude, self.filters)
+                hits = searcher._photos_by_vector(self._vector, want, self.scope, self._exclude, self.filters,
+                                                  self._text)
                 self._exhausted = len(hits) < want
+                if self.parsed.text_terms:
+                    hits = self._with_text_matches(hits)
                 if late is not None:
                     hits = searcher.late_order(self._late_query, hits)
                 self.candidates = hits[:n]

@@ -22,8 +22,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import sqlite_utils
 
-from .errors import LibraryDamagedError, LibraryError, LibraryReadOnlyError
-from .paths import folder_bounds, is_under
+from ..errors import LibraryDamagedError, LibraryError, LibraryReadOnlyError
+from ..paths import folder_bounds, is_under
 
 SCHEMA_VERSION = 2
 OK, ERROR = "ok", "error"
@@ -423,7 +423,7 @@ class Store:
                                   "taken = coalesce(?, taken) WHERE id = ?", [(w, h, t, i) for i, w, h, t in rows])
 
     def filter_ids(self, filters) -> list[int]:
-        """Ids of readable photos that pass a search's filters (engine.filters.Filters)."""
+        """Ids of readable photos that pass a search's filters (engine.search.filters.Filters)."""
         where, args = ["status = ?"], [OK]
         if filters.folder:
             lo, hi = folder_bounds(filters.folder)

@@ -82,7 +82,7 @@ class Gallery:
 
 
 def _distractor_paths(source: str, exclude: set[Path]) -> list[Path]:
-    from ..imaging import is_supported
+    from ..index.imaging import is_supported
     from .datasets import read_dataset
 
     p = Path(source).expanduser()
@@ -191,7 +191,7 @@ class Evaluation:
         yield EvalProgress("done", message="done", result=result)
 
     def _open(self, paths: Sequence[Path]):
-        from ..imaging import open_photo
+        from ..index.imaging import open_photo
 
         return [open_photo(str(p), self.model.image_size).image for p in paths]
 

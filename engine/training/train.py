@@ -248,7 +248,7 @@ class Trainer:
         """Model input pixels of photos, by the trained model's processor (or another model's: a teacher's)."""
         import torch
 
-        from ..imaging import open_photo
+        from ..index.imaging import open_photo
 
         model, processor = model or self.model, processor or self.processor
         size = int(model.config.vision_config.image_size)
