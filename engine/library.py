@@ -292,10 +292,7 @@ class Library:
         if info is None:
             return None
         row = self.store.photo(path)
-        info["text"] = None
-        if row is not None and row.hash:
-            read = self.text.texts([row.hash])
-            info["text"] = read.get(row.hash, "" if row.hash in self.text.hashes_read_of([row.hash]) else None)
+        info["text"] = self.text.reading(row.hash) if row is not None and row.hash else None
         return info
 
     # ----- how photos are read (kept with the library) --------------------------

@@ -76,10 +76,10 @@ class TextReader:
             raise TextReadingUnavailable(f"{OFF_NOTICE} and the tesserocr package (pip install tesserocr)")
         self.languages = languages
         self.tessdata = tessdata or find_tessdata(languages)
-        self._pools: dict[str, list] = {"recogniser": []}
+        self._free: list = []  # engines not in use
         self._all: list = []
         self._lock = threading.Lock()
-        with self._borrow("recogniser"):  # fails here, once, when the data cannot be loaded
+        with self._borrow():  # fails here, once, when the data cannot be loaded
             pass
         self.key = f"tesseract {tesserocr.tesseract_version().split()[1]} {languages}"
 
@@ -99,7 +99,7 @@ class TextReader:
                 _SHARED[languages] = reader
             return reader, None
 
-    def _make(self, kind: str):
+    def _make(self):
         try:
             api = tesserocr.PyTessBaseAPI(path=self.tessdata, lang=self.languages, psm=tesserocr.PSM.AUTO)
             # Sauvola's local threshold: Otsu's global one turns a photo's texture around a sign into specks
@@ -111,26 +111,25 @@ class TextReader:
                                          f"{self.tessdata} ({exc})") from None
 
     @contextmanager
-    def _borrow(self, kind: str):
+    def _borrow(self):
         with self._lock:
-            pool = self._pools[kind]
-            api = pool.pop() if pool else None
+            api = self._free.pop() if self._free else None
         if api is None:
-            api = self._make(kind)
+            api = self._make()
             with self._lock:
                 self._all.append(api)
         try:
             yield api
         finally:
             with self._lock:
-                self._pools[kind].append(api)
+                self._free.append(api)
 
     def close(self) -> None:
         with self._lock:
             for api in self._all:
                 api.End()
             self._all.clear()
-            self._pools = {"recogniser": []}
+            self._free = []
 
     # ----- reading -------------------------------------------------------------
     def likely_text(self, image: Image.Image) -> bool:
@@ -166,7 +165,7 @@ class TextReader:
         """The words Tesseract is sure of, line by line."""
         lines: list[list[str]] = []
         word_level, line_level = tesserocr.RIL.WORD, tesserocr.RIL.TEXTLINE
-        with self._borrow("recogniser") as api:
+        with self._borrow() as api:
             api.SetImage(image)
             api.Recognize()
             it = api.GetIterator()

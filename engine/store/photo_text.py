@@ -91,15 +91,12 @@ class PhotoText:
             return set()
         return {r[0] for r in self.store._rows("SELECT hash FROM photo_text WHERE reader = ?", (reader,))}
 
-    def hashes_read_of(self, hashes: Iterable[str]) -> set[str]:
-        """Which of these content hashes have been read (by any reader)."""
+    def reading(self, content_hash: str) -> str | None:
+        """The text read in one content ("" when it has no words), None when it was not read."""
         if not self.exists:
-            return set()
-        out: set[str] = set()
-        for chunk in _chunks([h for h in hashes if h], 500):
-            out.update(r[0] for r in self.store._rows(
-                f"SELECT hash FROM photo_text WHERE hash IN ({','.join('?' * len(chunk))})", chunk))
-        return out
+            return None
+        rows = self.store._rows("SELECT text FROM photo_text WHERE hash = ?", (content_hash,))
+        return rows[0][0] if rows else None
 
     def texts(self, hashes: Iterable[str]) -> dict[str, str]:
         """The text read in each content hash that has words."""
@@ -141,8 +138,7 @@ class PhotoText:
         rows = self.store._rows(
             f"SELECT p.id FROM photo_text t JOIN photos p ON p.hash = t.hash WHERE p.status = '{OK}' AND "
             f"{' AND '.join(where)} ORDER BY {order}, p.id", args)
-        seen: set[int] = set()
-        return [r[0] for r in rows if not (r[0] in seen or seen.add(r[0]))]
+        return [r[0] for r in rows]  # one row a photo: a photo has one hash, a hash one reading
 
     def _contains(self, term: str) -> tuple[str, str]:
         """SQL (on photo_text t) true when t's text holds `term`, and its argument."""
