@@ -281,14 +281,18 @@ class Session:
             return folder is not None and has_head(folder)
         return bool(self.library.li_key)
 
-    def load_model(self, text_only: bool = False):
-        from .models import load_model
-
+    @property
+    def ce_model(self) -> str | None:
         ce_model = getattr(self.args, "ce_model", None)
         if ce_model is None and not self.args.model:
             ce_model = self.library.store.get_meta("ce_source")  # the library's separately trained CE
+        return ce_model
+
+    def load_model(self, text_only: bool = False, light: bool = False):
+        from .models import load_model
+
         return load_model(self.model_id, device=self.args.device, precision=self.args.precision,
-                          ce_model=ce_model, text_only=text_only)
+                          ce_model=self.ce_model, text_only=text_only, light=light)
 
     def notice(self, msg: str) -> None:
         """Something the engine wants the user to read; shown once however many records carry it."""
@@ -486,7 +490,7 @@ def _search_while_ce_loads(s: Session, filters=None):
 
 
 def cmd_search(s: Session) -> int:
-    from .models.registry import text_side_loads_alone
+    from .models.registry import light_rerank_loads, text_side_loads_alone
     from .search.searcher import Searcher
 
     from .search.query import parse_query
@@ -498,8 +502,15 @@ def cmd_search(s: Session) -> int:
     if args.photo:
         check_photo_file(args.photo)
     parsed = parse_query(args.query, args.photo)  # a query with nothing to look for stops here, before loading
-    if args.k > 0 and parsed.positive_text and not args.photo and s._model is None \
-            and text_side_loads_alone(s.model_id):
+    reranks_text = args.k > 0 and parsed.positive_text and not args.photo and s._model is None
+    if reranks_text and not s.uses_late() and light_rerank_loads(s.model_id, s.ce_model):
+        # the text side and the CE in NumPy score what the rerank cache holds; the vision encoder loads
+        # only for a candidate that is not cached
+        s._model = s.load_model(light=True)
+        session = Searcher(s.library, s._model, li_candidates=args.li_candidates).session(
+            args.query, n=args.n, scope=args.scope, filters=filters)
+        hits = _final_hits(session.stream(args.k))
+    elif reranks_text and text_side_loads_alone(s.model_id):
         hits = _search_while_ce_loads(s, filters)
     else:
         # a photo outside the library needs the vision encoder: the whole model loads

@@ -671,10 +671,11 @@ def test_a_separate_cross_encoder_reranks_and_the_library_remembers_it(indexed, 
 
 def test_reranked_search_embeds_the_query_while_the_ce_loads(indexed, tiny_model_dir, capsys, monkeypatch,
                                                             _isolated_home):
-    """`search -k K` loads the whole model in a thread while the text side embeds the query; the reranked
-    order is the one the whole model alone gives."""
+    """`search -k K` with a CE that cannot load in NumPy (a shrunk CE, say) loads the whole model in a thread
+    while the text side embeds the query; the reranked order is the one the whole model alone gives."""
     import threading
 
+    import picsift.engine.models.registry as registry
     from picsift.engine import cli
     from picsift.engine.library import Library
     from picsift.engine.models import load_model
@@ -695,6 +696,7 @@ def test_reranked_search_embeds_the_query_while_the_ce_loads(indexed, tiny_model
         return real(self, text_only=False)
 
     monkeypatch.setattr(cli.Session, "load_model", load)
+    monkeypatch.setattr(registry, "light_rerank_loads", lambda *a, **k: False)
     hits = run_json(capsys, "search", "a dog", "-n", "6", "-k", "4")
     assert full_waited == [True]
     assert len(hits) == 6 and [h["rerank_score"] is not None for h in hits] == [True] * 4 + [False] * 2

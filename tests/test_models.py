@@ -301,9 +301,29 @@ def test_search_without_rerank_loads_the_text_side_only(tiny_model_dir, tmp_path
     assert loads == ["text"]
     assert main(["search", "a dog", "-k", "2", "--library", str(lib), "--json"]) == 0
     k2 = json.loads(capsys.readouterr().out)
-    assert sorted(loads) == ["text", "text", "whole"]  # -k 2: the text side for the query, the whole for the CE
+    assert loads == ["text"]  # -k 2 over a cached library: the text side and the CE in NumPy, no whole model
     assert [h["score"] for h in k0] == pytest.approx(sorted((h["score"] for h in k2), reverse=True), abs=1e-5)
     assert all(h["rerank_score"] is None for h in k0) and k2[0]["rerank_score"] is not None
+    # the same rerank as the whole model gives (torch, transformers)
+    from picsift.engine.library import Library
+    from picsift.engine.search.searcher import Searcher
+
+    with Library(lib) as opened:
+        whole = {h.path: h.rerank_score for h in Searcher(opened, load_model(str(tiny_model_dir), device="cpu",
+                                                                              precision="fp32")).search("a dog", 4, 2)}
+    assert {h["path"]: h["rerank_score"] for h in k2} == pytest.approx(whole, abs=1e-5)
+    # candidates missing from the rerank cache: the vision encoder loads for them, and the scores are the
+    # whole model's on freshly encoded tokens (not the cache's int8 ones)
+    with Library(lib) as opened:
+        opened.tokens.clear()
+        whole = {h.path: h.rerank_score for h in Searcher(opened, load_model(str(tiny_model_dir), device="cpu",
+                                                                              precision="fp32")).search("a dog", 4, 2)}
+        opened.tokens.clear()
+    loads.clear()
+    assert main(["search", "a dog", "-k", "2", "--library", str(lib), "--json", "--precision", "fp32"]) == 0
+    assert loads == ["whole"]
+    uncached = json.loads(capsys.readouterr().out)
+    assert {h["path"]: h["rerank_score"] for h in uncached} == pytest.approx(whole, abs=1e-5)
     import subprocess
     import sys
 
@@ -311,6 +331,29 @@ def test_search_without_rerank_loads_the_text_side_only(tiny_model_dir, tmp_path
             f"{str(lib)!r}, '--json']); print('torch' in sys.modules, 'transformers' in sys.modules, rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.strip().splitlines()[-1] == "False False 0"  # the terminal's search imported neither
+    out = subprocess.run([sys.executable, "-c", code.replace("'-k', '0'", "'-k', '2'")], capture_output=True,
+                         text=True, timeout=120).stdout
+    assert out.strip().splitlines()[-1] == "False False 0"  # nor does its rerank of cached photos
+
+
+def test_the_numpy_ce_scores_as_the_torch_ce_does(tiny_model, tiny_model_dir):
+    """The terminal's rerank (`load_model(light=True)`): the text side and the CE in NumPy give the torch CE's
+    log-odds and probabilities on the same image tokens, one text for all or one each; the vision encoder
+    loads only when a photo must be encoded, and then gives the full model's tokens."""
+    light = load_model(str(tiny_model_dir), device="cpu", precision="fp32", light=True)
+    assert light.ce.key == tiny_model.ce.key and light.be.key == tiny_model.be.key
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+              for i in range(5)]
+    tokens = tiny_model.encode_images(images).features[tiny_model.ce.key]
+    texts = QUERIES[:3] + ["a dog", "two brown dogs play with a stick on a wide sandy beach near the water"]
+    np.testing.assert_allclose(light.ce.logits(texts, tokens), tiny_model.ce.logits(texts, tokens), atol=1e-4)
+    np.testing.assert_allclose(light.ce.score("a dog", tokens), tiny_model.ce.score("a dog", tokens), atol=1e-5)
+    assert light.ce.logits("a dog", tokens[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="one text per image"):
+        light.ce.logits(texts[:2], tokens)
+    assert not light._be_backbone.loaded
+    np.testing.assert_allclose(light.reranker_features(light.ce, images), tokens, atol=1e-6)
+    assert light._be_backbone.loaded
 
 
 def test_loads_on_three_threads_at_once_all_succeed(tiny_model_dir):

@@ -150,10 +150,14 @@ def load_stages(model_id: str, options: LoadOptions, on_download=None, text_only
 
 
 def load_cascade(model_id: str = DEFAULT_MODEL, ce_model: str | None = None, device: str | None = "auto",
-                 precision: str | None = "auto", on_download=None, text_only: bool = False):
+                 precision: str | None = "auto", on_download=None, text_only: bool = False, light: bool = False):
     """The retrieval cascade of a checkpoint (or of a BE checkpoint and a separate CE one); raises
     ModelNotFoundError. text_only: only what embeds a text query (a search that does not rerank); the
-    cascade then has no reranker and embeds no photos."""
+    cascade then has no reranker and embeds no photos. light: a text query's rerank from the rerank cache,
+    in NumPy (light_rerank_loads tells whether the checkpoints allow it); the vision encoder loads only when
+    a photo must be encoded."""
+    if light:
+        return _load_light(model_id, ce_model, device, precision)
     if text_only and text_side_loads_alone(model_id):
         # Imports neither torch nor transformers, so it needs no lock: it can run while another thread loads
         # the whole model (`picsift search -k K` embeds its query while the CE loads).
@@ -177,6 +181,60 @@ def text_side_loads_alone(model_id: str) -> bool:
         return blip_text.can_load(folder)
     except (ModelNotFoundError, OSError, ValueError):
         return False
+
+
+def light_rerank_loads(model_id: str, ce_model: str | None = None) -> bool:
+    """Whether a text query's rerank can load in NumPy (`load_cascade(light=True)`): both checkpoints' text
+    sides load alone and the CE is a full one (a shrunk CE pools the tokens and loads with torch)."""
+    from . import shrunk_ce
+
+    if not text_side_loads_alone(model_id) or (ce_model is not None and not text_side_loads_alone(ce_model)):
+        return False
+    try:
+        return not shrunk_ce.has_shrunk(cached_folder(ce_model or model_id))
+    except OSError:
+        return False
+
+
+def _load_light(model_id: str, ce_model: str | None, device: str | None, precision: str | None):
+    from . import blip_text
+    from .cascade import Cascade
+    from .identity import content_identity
+
+    folder, name = resolve_folder(model_id), source_name(model_id)
+    ce_folder = resolve_folder(ce_model) if ce_model else folder
+    ce_name = source_name(ce_model) if ce_model else name
+    same = Path(ce_folder) == Path(folder)
+    ce_identity = content_identity(ce_folder)
+    try:
+        be = blip_text.LightTextEncoder(folder, f"blip:{content_identity(folder)}/be", name, with_ce=same)
+        ce_text = be if same else blip_text.LightTextEncoder(ce_folder, f"blip:{ce_identity}/be", ce_name,
+                                                             with_ce=True)
+        ce = blip_text.LightCrossEncoder(ce_text, f"blip:{ce_identity}/ce", blip_text.token_shape(ce_folder))
+    except (KeyError, ValueError, OSError) as exc:  # a checkpoint laid out otherwise
+        raise ModelNotFoundError(ce_name, str(exc), local=True) from exc
+
+    def load_vision():
+        """The CE checkpoint's vision pass, loaded whole; its CE must be the one the NumPy side reads."""
+        from .device import pick_device, resolve_precision
+
+        with _LOAD_LOCK:
+            dev, reason = pick_device(device)
+            stages = load_stages(ce_model or model_id, LoadOptions(dev, reason, resolve_precision(precision, dev)))
+        if not stages.rerankers or stages.rerankers[0].key != ce.key:
+            raise ModelNotFoundError(ce_name, "its cross-encoder does not match the one its text side was read "
+                                     "from", local=True)
+        return stages.backbone
+
+    vision = blip_text.LazyVision(load_vision, int(json.loads((Path(ce_folder) / "config.json").read_text())
+                                                   .get("vision_config", {}).get("image_size", 384)))
+    be_vision = vision if same else blip_text.NoVision(vision.image_size)
+    threads = os.cpu_count() or 1
+    described = (f"CPU, {threads} cores (text side and CE in NumPy on cached photos; fp32; the vision encoder "
+                 "loads for a photo not in the rerank cache)")
+    return Cascade(be, be_vision, [(ce, vision)], source=name, ce_source=ce_name if ce_model else None,
+                   device="cpu", device_reason="text side and CE only", precision="fp32",
+                   exact=(precision or "auto").lower() == "fp32", describe=lambda: described)
 
 
 def _load_text_side(model_id: str, precision: str | None):
