@@ -203,3 +203,93 @@ def test_training_on_relation_swaps_meets_only_relation_swaps(small_shapes, tmp_
             assert text.split()[:4] == captions[c].split()[:4] and text.split()[-4:] == captions[c].split()[-4:]
             checked += 1
     assert checked >= len(captions) // 2
+
+
+# ----- mirrored photos as image negatives (--image-negatives flip) ----------------------------------
+
+
+def test_mirror_swaps_the_words_of_the_flipped_axis_only():
+    from picsift.engine.training.perturb import mirror
+
+    assert mirror("a small red circle left of a large blue square") == (
+        "horizontal", "a small red circle right of a large blue square")
+    assert mirror("A dog to the right of a man") == ("horizontal", "A dog to the left of a man")
+    assert mirror("a cat on top of a box") == ("vertical", "a cat under a box")
+    assert mirror("a red square below a cross") == ("vertical", "a red square above a cross")
+    # depth is the same in a mirror: it stays, and so does the axis of the other words
+    assert mirror("a dog in front of a car left of a tree") == ("horizontal", "a dog in front of a car right of a tree")
+    for caption in ("a dog runs", "a dog in front of a car", "a cat under a table left of a man"):
+        assert mirror(caption) is None
+
+
+def test_a_flipped_shapes_photo_shows_what_the_mirrored_caption_says():
+    """Render scenes, flip the image along the axis mirror() names, find the two objects by colour: their places
+    agree with the mirrored caption's relation and no longer with the caption's own."""
+    from picsift.engine.training.perturb import mirror
+    from picsift.engine.training.shapes import (COLOURS, Background, Layout, Piece, Scene, describe_scene,
+                                                parse_caption, render_scene)
+
+    bg = Background((235, 235, 225), "gradient", 0.0)
+    checked = 0
+    for relation, layout in (("left of", Layout((0.25, 0.5), (0.75, 0.55))),
+                             ("below", Layout((0.5, 0.8), (0.45, 0.25)))):
+        scene = Scene(Piece("red", "square", "large"), relation, Piece("blue", "circle", "large"))
+        image = np.asarray(render_scene(scene, layout, bg, image_size=64)).astype(int)
+        axis, text = mirror(describe_scene(scene))
+        flipped = image[:, ::-1] if axis == "horizontal" else image[::-1, :]
+
+        def centre(colour):
+            ys, xs = np.nonzero((np.abs(flipped - np.array(COLOURS[colour])).sum(-1) < 60))
+            return xs.mean(), ys.mean()
+
+        (rx, ry), (bx, by) = centre("red"), centre("blue")
+        said = parse_caption(text).relation
+        seen = {"left of": rx < bx, "right of": rx > bx, "above": ry < by, "below": ry > by}
+        assert seen[said] and not seen[relation]
+        checked += 1
+    assert checked == 2
+
+
+def test_flip_pairs_meet_each_relation_caption_with_its_flipped_photo(small_shapes, tmp_path):
+    """The CE's flip rows: caption + photo flipped along its relation's axis is a negative, the mirrored caption
+    + that flipped photo a positive; the pixels are the photo's own, flipped along the right axis."""
+    from picsift.engine.training.perturb import mirror
+    from picsift.engine.training.train import TrainOptions, make_trainer
+
+    t = make_trainer(TrainOptions(data=str(small_shapes), out=str(tmp_path / "m"), mode="ce", init="tiny",
+                                  image_size=32, steps=1, image_negatives="flip", device="cpu"))
+    list(t._prepare())
+    decode = t.processor.tokenizer.batch_decode
+    captions = decode(t.ids, skip_special_tokens=True)
+    mirrored = decode(t.mirrors.ids, skip_special_tokens=True)
+    for c, text in enumerate(captions):
+        axis, want = mirror(text)  # every shapes caption names one relation
+        assert t.mirrors.axis[c] == (1 if axis == "horizontal" else 2) and mirrored[c] == want
+
+    seen = {}
+
+    def image_tokens(pixels):
+        seen["pixels"] = pixels
+        return torch.zeros(len(pixels), 5, 32)
+
+    def itm_logits(ids, mask, tokens):
+        seen["ids"], seen["tokens"] = ids, tokens
+        return torch.zeros(len(ids), 2)
+
+    t.image_tokens, t.itm_logits = image_tokens, itm_logits
+    caps = torch.arange(6)
+    imgs = t.caption_image[caps]
+    logits, labels = t._flip_pairs(caps, imgs)
+    assert labels.tolist() == [0.0] * 6 + [1.0] * 6 and logits.shape == (12, 2)
+    assert torch.equal(seen["ids"][:6], t.ids[caps]) and torch.equal(seen["ids"][6:], t.mirrors.ids[caps])
+    for j in range(6):
+        dim = 3 if t.mirrors.axis[caps[j]] == 1 else 2
+        assert torch.equal(seen["pixels"][j], t.pixels[imgs[j]].flip(dim - 1))
+        assert not torch.equal(seen["pixels"][j], t.pixels[imgs[j]])
+
+
+def test_image_negatives_refuse_an_unknown_kind(small_shapes, tmp_path):
+    from picsift.engine.training.train import TrainingError, TrainOptions
+
+    with pytest.raises(TrainingError, match="--image-negatives must be one of none, flip"):
+        TrainOptions(data=str(small_shapes), out=str(tmp_path / "m"), image_negatives="mirror").check()

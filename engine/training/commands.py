@@ -85,6 +85,11 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
                    help="swap (default): the CE also learns to reject each caption with two of its colours, sizes, "
                         "objects or its relation exchanged, against the caption's own photo; a comma list of "
                         "colour, size, object, relation exchanges only those; none: no such negatives")
+    p.add_argument("--image-negatives", choices=["none", "flip"], default="none",
+                   help="flip: a caption that names a left/right (above/below) relation also meets its photo "
+                        "flipped along that axis as a negative, and the flipped photo meets the caption with "
+                        "those words swapped as a positive, so only the objects' places tell them apart "
+                        "(CE and Joint; default none)")
     p.add_argument("--eval-every", type=positive_int, default=100, help="dev evaluation every N steps (default 100)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -187,7 +192,8 @@ def cmd_train(s) -> int:
                            split=a.split, dev_split=a.dev_split, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                            weight_decay=a.weight_decay, be_loss=a.be_loss, margin=a.margin,
                            hard_negatives=a.hard_negatives, itm_negatives=a.itm_negatives,
-                           text_negatives=a.text_negatives, eval_every=a.eval_every, seed=a.seed,
+                           text_negatives=a.text_negatives, image_negatives=a.image_negatives,
+                           eval_every=a.eval_every, seed=a.seed,
                            device=a.device, resume=a.resume, shrink_from=a.shrink_from, keep=a.keep,
                            keep_text=a.keep_text, codes=a.codes, li_width=a.li_width,
                            train_encoders=a.train_encoders, teacher_scale=a.teacher_scale,

@@ -94,3 +94,25 @@ def coverage(captions: Iterable[str]) -> dict[str, int]:
         if not kinds:
             counts["none"] += 1
     return {"captions": total, **{k: counts.get(k, 0) for k in KINDS}, "none": counts.get("none", 0)}
+
+
+# Mirroring a photo changes what its spatial words say along the mirrored axis only: left and right swap
+# under a horizontal flip, above and below under a vertical one; depth ("in front of") stays.
+_HORIZONTAL = {"to the left of": "to the right of", "to the right of": "to the left of", "left of": "right of",
+               "right of": "left of"}
+_VERTICAL = {"on top of": "under", "under": "on top of", "above": "below", "below": "above", "over": "under",
+             "beneath": "above", "underneath": "on top of"}
+MIRROR_AXES = ("horizontal", "vertical")
+
+
+def mirror(caption: str) -> tuple[str, str] | None:
+    """(axis, caption) for the photo flipped along the axis its spatial words name: "a red circle left of a blue
+    square" gives ("horizontal", "a red circle right of a blue square"), which the mirrored photo shows and
+    the original does not. None when the caption names no left/right or above/below relation, or both kinds
+    (mirroring along one axis would keep the other's words true and a flip of both is a rotation)."""
+    found = {m.group().lower() for m in _RELATION_RE.finditer(caption)}
+    horizontal, vertical = found & _HORIZONTAL.keys(), found & _VERTICAL.keys()
+    if bool(horizontal) == bool(vertical):
+        return None
+    axis, table = ("horizontal", _HORIZONTAL) if horizontal else ("vertical", _VERTICAL)
+    return axis, _RELATION_RE.sub(lambda m: table.get(m.group().lower(), m.group()), caption)

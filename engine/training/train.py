@@ -25,6 +25,7 @@ from ..jobs import CancelToken
 MODES = ("be", "ce", "joint", "li", "shrink-ce")
 BE_LOSSES = ("triplet", "infonce")
 ITM_NEGATIVES = ("itc", "random")
+IMAGE_NEGATIVES = ("none", "flip")
 STATE_DIR = ".picsift-train"  # inside the output folder: the resumable state, not part of the checkpoint
 
 
@@ -55,6 +56,16 @@ class SwapNegatives:
     count: object  # (C,) long
 
 
+@dataclass
+class MirrorPairs:
+    """--image-negatives flip: for each training caption, the axis its photo is flipped along (0 none,
+    1 horizontal, 2 vertical; perturb.mirror) and the tokens of the caption the flipped photo shows."""
+
+    ids: object  # (C, L): row c is caption c's mirrored caption (its own tokens where axis[c] is 0)
+    mask: object
+    axis: object  # (C,) long
+
+
 class TrainingError(PicsiftError):
     """A training run cannot start or go on; the text says why."""
 
@@ -83,6 +94,10 @@ class TrainOptions:
     # "swap": each caption also meets its own photo with two of its parts exchanged (engine.training.perturb);
     # a comma list of kinds ("relation", "colour,relation") exchanges only those; "none": no text negatives
     text_negatives: str = "swap"
+    # "flip": a caption naming a left/right (above/below) relation also meets its photo flipped along that
+    # axis, as a negative, and the flipped photo meets the caption with those words swapped, as a positive:
+    # only the objects' places tell them apart (engine.training.perturb.mirror)
+    image_negatives: str = "none"
     eval_every: int = 100
     checkpoint_every: int | None = None  # default: eval_every
     dev_max_images: int = 100  # the dev figure reads at most this many dev photos (the CE scores all pairs)
@@ -122,6 +137,9 @@ class TrainOptions:
             raise TrainingError(f"--itm-negatives must be one of {', '.join(ITM_NEGATIVES)}, not "
                                 f"'{self.itm_negatives}'.")
         swap_kinds(self.text_negatives)  # raises TrainingError with the reason
+        if self.image_negatives not in IMAGE_NEGATIVES:
+            raise TrainingError(f"--image-negatives must be one of {', '.join(IMAGE_NEGATIVES)}, not "
+                                f"'{self.image_negatives}'.")
         if self.mode not in ("li", "shrink-ce") and self.shrink_from:
             raise TrainingError("--shrink-from belongs to --mode li and --mode shrink-ce.")
         if self.mode != "li" and self.keep:
@@ -205,7 +223,7 @@ class Trainer:
         self.model.to(self.device)
         yield TrainProgress("preparing", 0, o.steps, message=f"decoding {len(self.data.images):,} photos")
         self.pixels = self._pixels(self.data.images)
-        self.ids, self.mask, self.swaps = self._caption_tokens()
+        self.ids, self.mask, self.swaps, self.mirrors = self._caption_tokens()
         self.caption_image = torch.as_tensor(self.data.caption_image)
         if self.dev is not None:
             self.dev_pixels = self._pixels(self.dev.images)
@@ -259,27 +277,34 @@ class Trainer:
         return torch.cat(chunks) if chunks else torch.zeros(0)
 
     def _caption_tokens(self):
-        """Token ids and masks of the training captions, and their text negatives (--text-negatives swap) as
-        SwapNegatives, tokenised together so that both pad to one length; swaps is None without them."""
+        """Token ids and masks of the training captions, their text negatives (--text-negatives swap) as
+        SwapNegatives and their mirrored captions (--image-negatives flip) as MirrorPairs, tokenised together
+        so that all pad to one length; swaps and mirrors are None when not asked for."""
         import torch
 
-        captions = list(self.data.captions)
-        allowed = swap_kinds(self.o.text_negatives)
-        if self.o.mode not in ("ce", "joint") or not allowed:
-            return (*self._tokens(captions), None)
-        from .perturb import perturb
+        from .perturb import MIRROR_AXES, mirror, perturb
 
+        captions = list(self.data.captions)
+        allowed = swap_kinds(self.o.text_negatives) if self.o.mode in ("ce", "joint") else ()
+        flips = self.o.image_negatives == "flip" and self.o.mode in ("ce", "joint")
         texts, kinds, start, count = [], [], [], []
-        for c in captions:
+        for c in captions if allowed else ():
             swapped = {k: t for k, t in perturb(c).items() if k in allowed}
             start.append(len(texts))
             count.append(len(swapped))
             texts.extend(swapped.values())
             kinds.extend(swapped)
-        ids, mask = self._tokens(captions + texts)
-        n = len(captions)
-        return ids[:n], mask[:n], SwapNegatives(ids[n:], mask[n:], kinds, torch.as_tensor(start),
-                                                torch.as_tensor(count))
+        axes, mirrored = [], []
+        for c in captions if flips else ():
+            m = mirror(c)
+            axes.append(0 if m is None else 1 + MIRROR_AXES.index(m[0]))
+            mirrored.append(c if m is None else m[1])
+        ids, mask = self._tokens(captions + texts + mirrored)
+        n, s = len(captions), len(texts)
+        swaps = SwapNegatives(ids[n:n + s], mask[n:n + s], kinds, torch.as_tensor(start),
+                              torch.as_tensor(count)) if allowed else None
+        mirrors = MirrorPairs(ids[n + s:], mask[n + s:], torch.as_tensor(axes, dtype=torch.long)) if flips else None
+        return ids[:n], mask[:n], swaps, mirrors
 
     def _tokens(self, captions):
         enc = self.processor.tokenizer(list(captions), padding="longest", truncation=True,
@@ -303,7 +328,7 @@ class Trainer:
     def _fingerprint(self) -> dict:
         o = self.o
         return {k: getattr(o, k) for k in ("mode", "steps", "batch_size", "seed", "be_loss", "split", "init",
-                                           "hard_negatives", "itm_negatives", "text_negatives", "eval_every", "shrink_from",
+                                           "hard_negatives", "itm_negatives", "text_negatives", "image_negatives", "eval_every", "shrink_from",
                                            "keep", "keep_text",
                                            "codes", "li_width", "train_encoders")} | (
             {"pool": o.pool} if o.mode == "shrink-ce" else {}) | {
@@ -451,7 +476,31 @@ class Trainer:
         with self._autocast():
             tokens = self.image_tokens(self.pixels[unique])
             logits = self.itm_logits(ids, mask, tokens[inverse.to(self.device)])
-        return matching_loss(logits, torch.cat(labels).to(self.device))
+        labels = torch.cat(labels)
+        if self.mirrors is not None:
+            flip_logits, flip_labels = self._flip_pairs(caps, imgs)
+            logits, labels = torch.cat([logits, flip_logits]), torch.cat([labels, flip_labels])
+        return matching_loss(logits, labels.to(self.device))
+
+    def _flip_pairs(self, caps, imgs):
+        """--image-negatives flip: ITM logits and labels of each batch caption that names a relation against its
+        photo flipped along the relation's axis (0) and of its mirrored caption against that flipped photo (1)."""
+        import torch
+
+        axis = self.mirrors.axis[caps]
+        rows = torch.nonzero(axis > 0).flatten()
+        if len(rows) == 0:
+            return torch.zeros(0, 2, device=self.device), torch.zeros(0)
+        pixels = self.pixels[imgs[rows]]
+        horizontal = (axis[rows] == 1)[:, None, None, None]
+        pixels = torch.where(horizontal, pixels.flip(3), pixels.flip(2))  # NCHW: 3 is width, 2 is height
+        c = caps[rows]
+        ids = torch.cat([self.ids[c], self.mirrors.ids[c]])
+        mask = torch.cat([self.mask[c], self.mirrors.mask[c]])
+        with self._autocast():
+            tokens = self.image_tokens(pixels)
+            logits = self.itm_logits(ids, mask, torch.cat([tokens, tokens]))
+        return logits, torch.cat([torch.zeros(len(rows)), torch.ones(len(rows))])
 
     def mine(self) -> None:
         """Refresh the hard-negative pool from the current BE over the whole training set."""
@@ -523,11 +572,14 @@ class Trainer:
                 scores = self._ce_matrix(tokens)
                 r = recalls(scores, self.dev.caption_image)
                 out.update({f"ce_{k}": v for k, v in r.items()})
-                pairs = pair_accuracy(scores, self.dev_twins).get("all")
+                by_kind = pair_accuracy(scores, self.dev_twins)
+                pairs = by_kind.pop("all", None)
                 if pairs is None:
                     figures.append(mean_recall(r))
                 else:  # half recall, half twin pair accuracy
                     out["ce_pairs"] = pairs
+                    # each kind apart too ("ce_pairs_relation swap"): which of them the CE has learned
+                    out.update({f"ce_pairs_{kind}": v for kind, v in sorted(by_kind.items())})
                     figures.append((mean_recall(r) + pairs) / 2)
         out["mean"] = float(np.mean(figures))
         return out
