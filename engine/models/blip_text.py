@@ -51,6 +51,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _softmax_normal(x: np.ndarray) -> np.ndarray:
+    """Softmax whose smallest weights stay normal floats (engine.models.blip_ce._softmax): a peaked attention
+    over hundreds of image tokens otherwise yields denormals, over which a matmul runs several times slower."""
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(np.maximum(z, -80.0, out=z), out=z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 class LightTextEncoder:
     """The BE's text side (BiEncoder.embed_texts) of a BLIP retrieval checkpoint."""
 
@@ -84,7 +92,9 @@ class LightTextEncoder:
         return (x - mean) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
 
     def _linear(self, x: np.ndarray, name: str) -> np.ndarray:
-        return x @ self.w[name + ".weight"].T + self.w[name + ".bias"]
+        # one 2-D product over every row: a stacked (B, n, width) product runs B small ones, several times slower
+        w = self.w[name + ".weight"]
+        return (x.reshape(-1, x.shape[-1]) @ w.T + self.w[name + ".bias"]).reshape(*x.shape[:-1], w.shape[0])
 
     def tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         enc = self.tokenizer.encode_batch(list(texts))
@@ -191,7 +201,7 @@ class LightCrossEncoder:
         # weights sum to one, so the value bias passes through
         q_img = (q @ wk[None]).reshape(b, heads * length, width)
         scores = q_img @ image.transpose(0, 2, 1) / np.float32(np.sqrt(dh))  # (B, H*L, N)
-        mixed = (_softmax(scores) @ image).reshape(b, heads, length, width)
+        mixed = (_softmax_normal(scores) @ image).reshape(b, heads, length, width)
         ctx = mixed @ wv.transpose(0, 2, 1)[None] + t.w[lp + "self.value.bias"].reshape(1, heads, 1, dh)
         return t._ln(t._linear(t._merge(ctx), lp + "output.dense") + h, lp + "output.LayerNorm")
 
