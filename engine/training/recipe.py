@@ -36,9 +36,11 @@ class RecipeOptions:
     be_steps: int = 500
     be_lr: float = 2e-4
     ce_steps: int = 3000
-    joint_steps: int = 1500
+    joint_steps: int = 3000
     ce_lr: float = 1e-3  # the Sep CE's and Joint's
     text_negatives: str = "swap"
+    # the Sep CE's and Joint's mirrored-photo negatives (TrainOptions.image_negatives)
+    image_negatives: str = "flip"
     init: str = "tiny"
     be_loss: str = "infonce"
     eval_every: int = 250
@@ -73,8 +75,10 @@ def stage_options(o: RecipeOptions, data: Path, work: Path) -> dict[str, TrainOp
         "pretrain": opts("joint", "pretrain", init=o.init, model=None, steps=o.steps, lr=o.lr, text_negatives="swap"),
         "be": opts("be", "be", steps=o.be_steps, lr=o.be_lr),
         # Random in-batch negatives: the one setting in which a CE was seen to learn the relation (docs/QUALITY.md)
-        "ce": opts("ce", "ce", steps=o.ce_steps, lr=o.ce_lr, itm_negatives="random", eval_every=o.ce_eval_every),
-        "joint": opts("joint", "joint", steps=o.joint_steps, lr=o.ce_lr, eval_every=o.ce_eval_every),
+        "ce": opts("ce", "ce", steps=o.ce_steps, lr=o.ce_lr, itm_negatives="random", eval_every=o.ce_eval_every,
+                   image_negatives=o.image_negatives),
+        "joint": opts("joint", "joint", steps=o.joint_steps, lr=o.ce_lr, eval_every=o.ce_eval_every,
+                      image_negatives=o.image_negatives),
     }
 
 
@@ -260,7 +264,7 @@ def stage_line(name: str, log: dict) -> str:
     o = log["options"]
     start = f"`--init {o['init']}`" if o.get("init") else f"from {Path(o['model']).name}"
     neg = "" if o["mode"] == "be" else (f", ITM negatives {o['itm_negatives']}, text negatives "
-                                         f"{o['text_negatives']}")
+                                         f"{o['text_negatives']}, image negatives {o.get('image_negatives', 'none')}")
     return (f"- {name} ({STAGE_ROLES.get(name, name)}): --mode {o['mode']} {start}, {log['step']:,} steps at lr "
             f"{o['lr']}{neg}; {log.get('seconds', 0) / 60:.1f} min.")
 
