@@ -549,3 +549,18 @@ def test_one_seed_gives_bitwise_equal_weights(shapes_set, tmp_path, kw):
     differ = [k for k, v in a.items() if not torch.equal(v, b[k])]
     assert not differ, f"{len(differ)} tensors differ, first {differ[:3]}"
     assert not torch.are_deterministic_algorithms_enabled()  # the run's setting does not outlive it
+
+
+def test_the_recipe_trains_its_crossencoders_with_mirrored_photos_and_says_so(tmp_path):
+    """The recipe's Sep CE and Joint get --image-negatives flip (the pre-trained model and the Sep BE do not),
+    `--image-negatives none` turns it off, and the report's stage line names it."""
+    from picsift.engine.training.recipe import RecipeOptions, stage_line, stage_options
+
+    stages = stage_options(RecipeOptions(work=str(tmp_path)), tmp_path / "data", tmp_path)
+    assert {k: v.image_negatives for k, v in stages.items()} == {"pretrain": "none", "be": "none", "ce": "flip",
+                                                                 "joint": "flip"}
+    off = stage_options(RecipeOptions(work=str(tmp_path), image_negatives="none"), tmp_path / "data", tmp_path)
+    assert {v.image_negatives for v in off.values()} == {"none"}
+    log = {"options": {"mode": "ce", "model": str(tmp_path / "pretrain"), "lr": 1e-3, "itm_negatives": "random",
+                       "text_negatives": "swap", "image_negatives": "flip"}, "step": 3000, "seconds": 600}
+    assert "image negatives flip" in stage_line("ce", log)
