@@ -205,9 +205,10 @@ def _load_light(model_id: str, ce_model: str | None, device: str | None, precisi
     ce_folder = resolve_folder(ce_model) if ce_model else folder
     ce_name = source_name(ce_model) if ce_model else name
     same = Path(ce_folder) == Path(folder)
-    ce_identity = content_identity(ce_folder)
+    identity = content_identity(folder)
+    ce_identity = identity if same else content_identity(ce_folder)
     try:
-        be = blip_text.LightTextEncoder(folder, f"blip:{content_identity(folder)}/be", name, with_ce=same)
+        be = blip_text.LightTextEncoder(folder, f"blip:{identity}/be", name, with_ce=same)
         ce_text = be if same else blip_text.LightTextEncoder(ce_folder, f"blip:{ce_identity}/be", ce_name,
                                                              with_ce=True)
         ce = blip_text.LightCrossEncoder(ce_text, f"blip:{ce_identity}/ce", blip_text.token_shape(ce_folder))
