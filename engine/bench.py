@@ -288,38 +288,60 @@ def trained_like(module, seed: int = 0):
     return module, "random weights made trained-like: " + "; ".join(done)
 
 
-def compare_bf16(ckpt, images, queries: Sequence[str]) -> dict:
-    """Vision encoder and CE in the model's fp32 and under bf16 autocast, on a trained-like copy: ms per
-    photo, ms per query over len(images) candidates, and the CE probabilities of each (queries x images)."""
-    import torch
+PATHS = ("fp32", "bf16", "openvino_fp32", "openvino_bf16")
 
+
+def compare_paths(ckpt, images, queries: Sequence[str], folder: Path, paths: Sequence[str] = PATHS) -> dict:
+    """The vision encoder and CE by each path on a trained-like copy: torch in the model's fp32, torch under
+    bf16 autocast, and OpenVINO's vision encoder in fp32 and bf16 (the CE then in torch, at the same
+    precision, as the product runs it). Per path: ms per photo, ms per query over len(images) candidates,
+    the CE probabilities (queries x images) and the BE vectors. OpenVINO's paths are left out when it is not
+    installed; its IR goes to `folder`."""
+    import torch
+    import torch.nn.functional as F
+
+    from .models import openvino_vision as ovv
     from .models.blip_ce import itm_logits
     from .models.blip_vision import vision_tokens
 
     module, how = trained_like(ckpt.model)
     px = ckpt.preprocess(images).to(ckpt.device, torch.float32)
     out: dict = {"how": how}
-    for mode in ("fp32", "bf16"):
-        ctx = torch.autocast(ckpt.device.split(":")[0], dtype=torch.bfloat16) if mode == "bf16" else nullcontext()
+    step = ckpt.image_batch_size
+    for mode in paths:
+        bf16 = mode.endswith("bf16")
+        if mode.startswith("openvino"):
+            if not ovv.available():
+                continue
+            enc = ovv.OpenVinoVision(module.vision_model, ckpt.image_size, "bench-trained-like",
+                                     "bf16" if bf16 else "fp32", torch.get_num_threads(), folder=folder)
+
+            def encode(x, enc=enc):
+                return torch.from_numpy(enc(x.numpy()))
+        else:
+            def encode(x):
+                return vision_tokens(module.vision_model, x)
+        ctx = torch.autocast(ckpt.device.split(":")[0], dtype=torch.bfloat16) if bf16 else nullcontext()
         with torch.inference_mode(), ctx:
-            vision_tokens(module.vision_model, px[:1])  # warm-up: first calls pick kernels
+            encode(px[:step])  # warm-up: first calls pick kernels
             t = time.perf_counter()
-            tokens = torch.cat([vision_tokens(module.vision_model, px[i : i + ckpt.image_batch_size])
-                                for i in range(0, len(px), ckpt.image_batch_size)])
+            tokens = torch.cat([encode(px[i : i + step]) for i in range(0, len(px), step)])
             vision_ms = (time.perf_counter() - t) * 1000 / len(px)
+            vectors = F.normalize(module.vision_proj(tokens[:, 0, :]).float(), dim=-1).cpu().numpy()
             probs, times = [], []
             for q in [queries[0], *queries]:  # the first is a warm-up
                 inputs = ckpt.text_inputs([q])
                 ids = inputs["input_ids"].expand(len(tokens), -1).to(ckpt.device)
                 mask = inputs["attention_mask"].expand(len(tokens), -1).to(ckpt.device)
                 t = time.perf_counter()
-                step = ckpt.ce_batch_size
-                logits = torch.cat([itm_logits(module, ids[i : i + step], mask[i : i + step], tokens[i : i + step])
-                                    for i in range(0, len(tokens), step)])
+                k = ckpt.ce_batch_size
+                logits = torch.cat([itm_logits(module, ids[i : i + k], mask[i : i + k], tokens[i : i + k])
+                                    for i in range(0, len(tokens), k)])
                 p = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy()
                 times.append((time.perf_counter() - t) * 1000)
                 probs.append(p)
-        out[mode] = {"vision_ms": vision_ms, "ce_ms": statistics.median(times[1:]), "probs": np.stack(probs[1:])}
+        out[mode] = {"vision_ms": vision_ms, "ce_ms": statistics.median(times[1:]), "probs": np.stack(probs[1:]),
+                     "vectors": vectors}
     return out
 
 
@@ -592,7 +614,8 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
     _check(ce is not None, "the model has no cross-encoder to rerank with")
     threads = torch.get_num_threads()
     cache_fmt = format_for(model)
-    cond = f"{model.precision}, {threads} threads"
+    backend = getattr(getattr(model.be, "ckpt", None), "backend", "torch")
+    cond = f"{model.precision}, {threads} threads, vision encoder in {'OpenVINO' if backend == 'openvino' else 'torch'}"
 
     # ----- the machine -------------------------------------------------------
     yield Figure("device", model.describe_device(), "", "where the model runs")
@@ -759,26 +782,44 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
         yield Figure(f"rerank_ms_k{K}_uncached", round(total_u), "ms", note)
         yield Figure(f"rerank_first_update_ms_k{K}_uncached", round(first_u), "ms", note)
 
-        # ----- fp32 against bf16 -------------------------------------------------------------
-        if model.device != "cpu" or model.precision != "fp32":
-            yield Figure("bf16", "not measured", "", f"the model runs {model.precision} on {model.device}; the "
-                         "comparison is of the CPU's fp32 path")
+        # ----- the vision encoder and CE by each path: torch fp32 / bf16, OpenVINO fp32 / bf16 ------------------
+        if model.device != "cpu":
+            yield Figure("paths", "not measured", "", f"the model runs on {model.device}; the comparison is of "
+                         "the CPU's paths")
         else:
-            cmp = compare_bf16(ce_ckpt, images, QUERIES[:queries])
-            p32, p16 = cmp["fp32"]["probs"], cmp["bf16"]["probs"]
-            _check(p32.shape == (queries, K) and p16.shape == p32.shape and bool(np.isfinite(p16).all()),
-                   "the bf16 comparison did not score every pair")
+            cmp = compare_paths(ce_ckpt, images, QUERIES[:queries], Path(tmp.name) / "openvino")
+            ref = cmp["fp32"]
             note = f"{K} real photos, {queries} queries, {cmp['how']}; {threads} threads"
-            for mode in ("fp32", "bf16"):
-                how = "bf16 autocast" if mode == "bf16" else "fp32"
-                yield Figure(f"vision_encoder_ms_per_photo_{mode}", round(cmp[mode]["vision_ms"], 1), "ms",
+            for mode in PATHS:
+                if mode not in cmp:
+                    yield Figure(f"vision_encoder_ms_per_photo_{mode}", "not measured", "", "OpenVINO is not installed")
+                    continue
+                got = cmp[mode]
+                _check(got["probs"].shape == (queries, K) and bool(np.isfinite(got["probs"]).all()),
+                       f"the {mode} comparison did not score every pair")
+                how = mode.replace("_", " ") + (" (torch)" if "openvino" not in mode else " vision encoder")
+                yield Figure(f"vision_encoder_ms_per_photo_{mode}", round(got["vision_ms"], 1), "ms",
                              f"{how}, batches of {ce_ckpt.image_batch_size}; " + note)
-                yield Figure(f"ce_ms_k{K}_{mode}", round(cmp[mode]["ce_ms"], 1), "ms", f"{how}; " + note)
-            yield Figure("bf16_ce_prob_max_abs_diff", round(float(np.abs(p32 - p16).max()), 4), "",
-                         "vision encoder and CE in bf16 against fp32; " + note)
-            yield Figure("bf16_top5_overlap", round(top_overlap(p32, p16), 3), "",
-                         "share of each query's fp32 top 5 also in its bf16 top 5; " + note)
-            yield Figure("bf16_prob_spread", round(float(p32.std()), 4), "",
+                if not mode.endswith("bf16"):
+                    achieved = work["photo"] / (got["vision_ms"] / 1000) / 1e9
+                    yield Figure(f"vision_encoder_{mode}_share_of_matmul", round(achieved / gflops32, 3), "",
+                                 f"{achieved:.1f} GFLOP/s over the machine's {gflops32:.1f} fp32 matmul GFLOP/s; "
+                                 + note)
+                yield Figure(f"ce_ms_k{K}_{mode}", round(got["ce_ms"], 1), "ms", f"{how}; " + note)
+                if mode == "fp32":
+                    continue
+                diff = np.abs(ref["probs"] - got["probs"])
+                prefix = "bf16" if mode == "bf16" else mode
+                yield Figure(f"{prefix}_ce_prob_max_abs_diff", round(float(diff.max()), 4), "",
+                             f"CE probabilities, {how} against torch fp32; " + note)
+                yield Figure(f"{prefix}_ce_prob_mean_abs_diff", round(float(diff.mean()), 5), "",
+                             f"CE probabilities, {how} against torch fp32; " + note)
+                yield Figure(f"{prefix}_top5_overlap", round(top_overlap(ref["probs"], got["probs"]), 3), "",
+                             f"share of each query's torch fp32 top 5 (of {K}) also in its {how} top 5; " + note)
+                cos = (ref["vectors"] * got["vectors"]).sum(axis=1)
+                yield Figure(f"{prefix}_be_cos_min", round(float(cos.min()), 5), "",
+                             f"least cosine of a photo's BE vector against torch fp32's; " + note)
+            yield Figure("bf16_prob_spread", round(float(ref["probs"].std()), 4), "",
                          "std of the fp32 CE probabilities: near 0 the agreement figures say little; " + note)
 
         # ----- large libraries ----------------------------------------------------------------

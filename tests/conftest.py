@@ -12,6 +12,9 @@ from PIL import Image
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never wait on a network
+# torch's vision encoder unless a test asks for OpenVINO (tests/test_openvino_vision.py): converting the tiny
+# model per test would only slow the suite, and the reference figures are torch's
+os.environ["PICSIFT_VISION_BACKEND"] = "torch"
 
 
 @pytest.fixture(autouse=True)

@@ -64,7 +64,9 @@ NAMES = [
     f"ce_score_k{K}_share_of_matmul", f"rerank_ms_k{K}_cached", f"rerank_first_update_ms_k{K}",
     f"rerank_ms_k{K}_uncached", f"rerank_first_update_ms_k{K}_uncached", "vision_encoder_ms_per_photo_fp32",
     "vision_encoder_ms_per_photo_bf16", f"ce_ms_k{K}_fp32", f"ce_ms_k{K}_bf16", "bf16_ce_prob_max_abs_diff",
-    "bf16_top5_overlap", "bf16_prob_spread", "rss_mb", "repeat_query_cache_hit_rate",
+    "bf16_top5_overlap", "bf16_prob_spread", "vision_encoder_ms_per_photo_openvino_fp32",
+    "vision_encoder_ms_per_photo_openvino_bf16", "vision_encoder_fp32_share_of_matmul",
+    "vision_encoder_openvino_fp32_share_of_matmul", "openvino_fp32_top5_overlap", "openvino_bf16_top5_overlap", "rss_mb", "repeat_query_cache_hit_rate",
     "repeat_query_noevict_hit_rate", "repeat_query_ms", "search_cli_wall_ms_k0", f"search_cli_wall_ms_k{K}",
 ] + [f"{stem}_{label}" for label in ("300", "1k") for stem in (
     "faiss_search_ms", f"faiss_recall{K}", "query_cache_hit_rate", "query_first_score_ms", "query_be_ms")] \
@@ -114,6 +116,17 @@ def test_bf16_agreement_figures(bench_figures):
     assert 0.0 <= figures["bf16_top5_overlap"].value <= 1.0
     assert figures["bf16_prob_spread"].value > 0.01  # the trained-like copy's scores spread: agreement means something
     assert "fp32" in figures["bf16_ce_prob_max_abs_diff"].note
+
+
+def test_openvino_path_agrees_with_torch(bench_figures):
+    """OpenVINO's fp32 vision encoder feeds the CE the tokens torch's does: same top 5, probabilities and BE
+    vectors equal to rounding (bf16 is only held to a loose bound: the tiny model's tokens are small)."""
+    figures, _, _ = bench_figures
+    assert figures["openvino_fp32_ce_prob_max_abs_diff"].value < 1e-3
+    assert figures["openvino_fp32_top5_overlap"].value == 1.0
+    assert figures["openvino_fp32_be_cos_min"].value > 0.9999
+    assert figures["openvino_bf16_be_cos_min"].value > 0.99
+    assert figures["vision_encoder_ms_per_photo_openvino_fp32"].value > 0
 
 
 def test_arithmetic_matches_torch_flop_counter(tiny_model):

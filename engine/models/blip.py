@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
@@ -57,6 +58,15 @@ class BlipCheckpoint:
         self.li_head = None  # an LI head saved beside the weights (attach_late)
         self.li_key: str | None = None
         self.li_shape: tuple[int, int] | None = None
+        # The vision encoder's backend (engine.models.openvino_vision): OpenVINO on a CPU when it is installed,
+        # converted at the first photo (so a load that only embeds texts or reranks cached photos never pays)
+        from .openvino_vision import choose_backend
+
+        self.backend, self.backend_reason = choose_backend(self.device)
+        if self.precision not in ("fp32", "bf16"):
+            self.backend, self.backend_reason = "torch", f"{self.precision} runs in torch"
+        self._openvino = None
+        self._openvino_lock = threading.Lock()
 
     def attach_late(self, head, digest: str) -> None:
         """Use an LI head (engine.models.late_head) loaded from the checkpoint folder."""
@@ -89,7 +99,8 @@ class BlipCheckpoint:
             return f"GPU {self.device_reason} ({self.precision})"
         if self.device == "mps":
             return f"Apple GPU ({self.precision})"
-        return f"CPU, {torch.get_num_threads()} threads ({self.device_reason}; {self.precision})"
+        via = "; OpenVINO" if self.backend == "openvino" else ""
+        return f"CPU, {torch.get_num_threads()} threads ({self.device_reason}; {self.precision}{via})"
 
     # ----- batching with out-of-memory fallback --------------------------
     def batched(self, n: int, batch_size: int, run: Callable[[int, int], list[np.ndarray]]) -> list[np.ndarray]:
@@ -126,8 +137,38 @@ class BlipCheckpoint:
             if self.li_head is not None:
                 self.li_head.float().to("cpu")
             self.device, self.device_reason, self.precision = "cpu", "fell back after GPU out-of-memory", "fp32"
+            self.backend, self.backend_reason = "torch", "fell back after GPU out-of-memory"
 
     # ----- photos ----------------------------------------------------------
+    def _openvino_encoder(self):
+        """The OpenVINO vision encoder, converted (or read from the user cache) at its first use; None when
+        the backend is torch or the conversion failed (then torch runs, with one notice)."""
+        if self.backend != "openvino":
+            return None
+        with self._openvino_lock:
+            if self._openvino is None and self.backend == "openvino":
+                from .openvino_vision import OpenVinoVision
+
+                try:
+                    self._openvino = OpenVinoVision(self.model.vision_model, self.image_size, self.identity,
+                                                    self.precision, torch.get_num_threads())
+                except Exception as exc:  # a graph the converter cannot take, a full disk, a broken wheel
+                    msg = f"OpenVINO could not run this model's vision encoder ({exc}); using torch"
+                    log.warning(msg)
+                    self.notices.append(msg)
+                    self.backend, self.backend_reason = "torch", "OpenVINO conversion failed"
+                else:
+                    if self._openvino.converted:
+                        log.info("vision encoder converted for OpenVINO: %s", self._openvino.path)
+            return self._openvino
+
+    def vision_tokens(self, px: torch.Tensor) -> torch.Tensor:
+        """The vision encoder's output tokens for model-ready pixels, by the chosen backend."""
+        encoder = self._openvino_encoder()
+        if encoder is not None:
+            return torch.from_numpy(encoder(px.float().cpu().numpy()))
+        return vision_tokens(self.model.vision_model, px)
+
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Model input pixels by the checkpoint's own processor; safe to call from decoding threads."""
         return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
@@ -143,7 +184,7 @@ class BlipCheckpoint:
         def run(a: int, b: int) -> list[np.ndarray]:
             px = pixel_values[a:b].to(self.device, self.dtype)
             with self.image_side():
-                tokens = vision_tokens(self.model.vision_model, px)
+                tokens = self.vision_tokens(px)
                 vec = F.normalize(self.model.vision_proj(tokens[:, 0, :]).float(), dim=-1)
                 if keep_late:
                     head = self.li_head
