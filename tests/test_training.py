@@ -552,13 +552,16 @@ def test_one_seed_gives_bitwise_equal_weights(shapes_set, tmp_path, kw):
 
 
 def test_the_recipe_trains_its_crossencoders_with_mirrored_photos_and_says_so(tmp_path):
-    """The recipe's Sep CE and Joint get --image-negatives flip (the pre-trained model and the Sep BE do not),
+    """The recipe's Sep CE and Joint get random ITM negatives and --image-negatives flip (the pre-trained model and the Sep BE do not),
     `--image-negatives none` turns it off, and the report's stage line names it."""
     from picsift.engine.training.recipe import RecipeOptions, stage_line, stage_options
 
     stages = stage_options(RecipeOptions(work=str(tmp_path)), tmp_path / "data", tmp_path)
     assert {k: v.image_negatives for k, v in stages.items()} == {"pretrain": "none", "be": "none", "ce": "flip",
                                                                  "joint": "flip"}
+    # random in-batch ITM negatives for both CEs: with ITC-sampled ones neither learned the relation
+    assert {k: v.itm_negatives for k, v in stages.items() if k in ("ce", "joint")} == {"ce": "random",
+                                                                                      "joint": "random"}
     off = stage_options(RecipeOptions(work=str(tmp_path), image_negatives="none"), tmp_path / "data", tmp_path)
     assert {v.image_negatives for v in off.values()} == {"none"}
     log = {"options": {"mode": "ce", "model": str(tmp_path / "pretrain"), "lr": 1e-3, "itm_negatives": "random",
