@@ -130,3 +130,10 @@ def test_openvino_loads_without_its_usage_reporting(tiny_model_dir, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["None", "openvino.tools.ovc.telemetry_stub", "1"]
+
+
+def test_a_misspelt_backend_is_said_and_torch_runs(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv(ovv.ENV_BACKEND, "openvinno")
+    model = load_model(str(tiny_model_dir), device="cpu", precision="fp32")
+    assert model._be_backbone.backend == "torch"
+    assert any("openvinno" in n and "auto, torch, openvino" in n for n in model.notices)

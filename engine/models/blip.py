@@ -62,7 +62,11 @@ class BlipCheckpoint:
         # converted at the first photo (so a load that only embeds texts or reranks cached photos never pays)
         from .openvino_vision import choose_backend
 
-        self.backend, self.backend_reason = choose_backend(self.device)
+        try:
+            self.backend, self.backend_reason = choose_backend(self.device)
+        except ValueError as exc:  # a misspelt PICSIFT_VISION_BACKEND: said once, and torch runs
+            self.notices.append(f"{exc}; the vision encoder runs in torch")
+            self.backend, self.backend_reason = "torch", str(exc)
         if self.precision not in ("fp32", "bf16"):
             self.backend, self.backend_reason = "torch", f"{self.precision} runs in torch"
         self._openvino = None
