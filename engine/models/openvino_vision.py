@@ -55,11 +55,15 @@ def import_openvino():
 
 
 def available() -> bool:
+    """Whether the openvino package is installed. Found, not imported: every model load asks, and the import
+    (a quarter of a second) is paid at the first photo instead; a wheel that then fails to load is the
+    conversion's failure (one notice, torch runs)."""
+    import importlib.util
+
     try:
-        import_openvino()
-    except Exception:  # missing, or a wheel that does not load on this CPU
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):
         return False
-    return True
 
 
 def choose_backend(device: str, requested: str | None = None) -> tuple[str, str]:
@@ -71,7 +75,7 @@ def choose_backend(device: str, requested: str | None = None) -> tuple[str, str]
         return "torch", f"the model runs on {device}"
     if not available():
         if requested == "openvino":
-            return "torch", "OpenVINO was asked for but does not import (pip install openvino)"
+            return "torch", "OpenVINO was asked for but is not installed (pip install openvino)"
         return "torch", "OpenVINO is not installed"
     return "openvino", "auto" if requested == "auto" else f"{ENV_BACKEND}=openvino"
 
