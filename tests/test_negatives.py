@@ -177,9 +177,73 @@ def test_text_negatives_name_the_kinds_of_exchange_and_refuse_unknown_ones():
     assert swap_kinds("none") == ()
     assert swap_kinds("relation") == ("relation",)
     assert swap_kinds("colour, relation") == ("colour", "relation")
-    for bad in ("color", "relation,shape", ","):
-        with pytest.raises(TrainingError, match="comma list of colour, size, object, relation"):
+    assert swap_kinds("replace") == ("colour-replace", "size-replace", "object-replace")
+    assert swap_kinds("swap,replace") == KINDS + ("colour-replace", "size-replace", "object-replace")
+    assert swap_kinds("relation,colour-replace,relation") == ("relation", "colour-replace")
+    for bad in ("color", "relation,shape", ",", "replaced"):
+        with pytest.raises(TrainingError, match="comma list of those and of colour, size, object, relation"):
             swap_kinds(bad)
+
+
+# ----- replacements: one word changed to another of its kind ----------------------------------------
+
+
+def test_a_replacement_changes_one_word_to_another_of_its_kind_that_the_data_uses():
+    from picsift.engine.training.perturb import replacement_vocabulary, replacements
+
+    vocab = replacement_vocabulary(["a small red circle left of a large blue square", "a green cross", "a dog"])
+    got = replacements("a small red circle left of a large blue square", vocab)
+    assert got["colour-replace"] == [
+        "a small green circle left of a large blue square", "a small blue circle left of a large blue square",
+        "a small red circle left of a large red square", "a small red circle left of a large green square"]
+    assert got["size-replace"] == ["a large red circle left of a large blue square",
+                                   "a small red circle left of a small blue square"]
+    # every object word the data has, and none it lacks
+    assert "a small red cross left of a large blue square" in got["object-replace"]
+    assert "a small red dog left of a large blue square" in got["object-replace"]
+    assert not any("triangle" in t for t in got["object-replace"])  # the data never says triangle
+
+
+def test_a_word_is_never_replaced_by_one_that_can_name_the_same_thing():
+    from picsift.engine.training.perturb import replacement_vocabulary, replacements
+
+    data = ["a big dog and a puppy", "a large grey cat", "a gray man", "a little girl", "a small boy in red"]
+    vocab = replacement_vocabulary(data)
+    got = replacements("A big dog next to a grey cat", vocab)
+    assert "A large dog next to a grey cat" not in got["size-replace"]  # big and large say the same
+    assert "A little dog next to a grey cat" in got["size-replace"]
+    assert "A big puppy next to a grey cat" not in got["object-replace"]  # a puppy is a dog
+    assert "A big dog next to a gray cat" not in got["colour-replace"]
+    assert "A big dog next to a red cat" in got["colour-replace"]
+    assert replacements("Sunset over the sea", vocab) == {}
+    # a capital stays a capital; boy and man stand in one group, girl in another
+    assert replacements("Boy in red", vocab)["object-replace"] == ["Dog in red", "Puppy in red", "Cat in red",
+                                                                       "Girl in red"]
+
+
+def test_every_shapes_replacement_contradicts_its_photo_in_one_attribute():
+    """A replacement of a shapes caption never describes the caption's own scene: it names another scene
+    that differs in exactly one of the seven attributes, or no scene the set can draw (two red objects)."""
+    from picsift.engine.training.perturb import replacement_vocabulary, replacements
+    from picsift.engine.training.shapes import all_scenes, parse_caption, scene_captions
+
+    scenes = all_scenes()[:150]
+    captions = [c for s in scenes for c in scene_captions(s)[:2]]
+    vocab = replacement_vocabulary(captions)
+    checked = impossible = 0
+    for c in captions:
+        own = parse_caption(c)
+        for kind, texts in replacements(c, vocab).items():
+            for t in texts:
+                assert sum(a != b for a, b in zip(c.split(), t.split())) == 1 and len(c.split()) == len(t.split())
+                try:
+                    other = parse_caption(t)
+                except ValueError:
+                    impossible += 1
+                    continue
+                assert other != own
+                checked += 1
+    assert checked > 10 * len(captions) and 0 < impossible < checked
 
 
 def test_training_on_relation_swaps_meets_only_relation_swaps(small_shapes, tmp_path):
@@ -279,7 +343,7 @@ def test_flip_pairs_meet_each_relation_caption_with_its_flipped_photo(small_shap
     t.image_tokens, t.itm_logits = image_tokens, itm_logits
     caps = torch.arange(6)
     imgs = t.caption_image[caps]
-    logits, labels = t._flip_pairs(caps, imgs)
+    logits, labels = t._flip_pairs(caps, imgs, step=0)
     assert labels.tolist() == [0.0] * 6 + [1.0] * 6 and logits.shape == (12, 2)
     assert torch.equal(seen["ids"][:6], t.ids[caps]) and torch.equal(seen["ids"][6:], t.mirrors.ids[caps])
     for j in range(6):
@@ -293,3 +357,33 @@ def test_image_negatives_refuse_an_unknown_kind(small_shapes, tmp_path):
 
     with pytest.raises(TrainingError, match="--image-negatives must be one of none, flip"):
         TrainOptions(data=str(small_shapes), out=str(tmp_path / "m"), image_negatives="mirror").check()
+
+
+def test_training_with_replacements_draws_each_kind_alike(small_shapes, tmp_path):
+    """--text-negatives replace: each caption's replacements are its own caption with one word changed, and a
+    step's draw gives colour, size and object replacements an equal share, however many rows each has."""
+    from collections import Counter
+
+    from picsift.engine.training.train import TrainOptions, make_trainer
+
+    t = make_trainer(TrainOptions(data=str(small_shapes), out=str(tmp_path / "m"), mode="ce", init="tiny",
+                                  image_size=32, steps=1, text_negatives="replace", device="cpu"))
+    list(t._prepare())
+    assert t.swaps is None and t.replacements is not None
+    assert set(t.replacements.kinds) == {"colour-replace", "size-replace", "object-replace"}
+    decode = t.processor.tokenizer.batch_decode
+    captions = decode(t.ids, skip_special_tokens=True)
+    replaced = decode(t.replacements.ids, skip_special_tokens=True)
+    for c, (start, count) in enumerate(zip(t.replacements.start.tolist(), t.replacements.count.tolist())):
+        for text in replaced[start:start + count]:
+            assert sum(a != b for a, b in zip(captions[c].split(), text.split())) == 1
+    c = 0
+    per_kind = Counter(t.replacements.kinds[t.replacements.start[c]:t.replacements.start[c] + t.replacements.count[c]])
+    assert per_kind["colour-replace"] > 2 * per_kind["size-replace"]  # more colour rows than size rows
+    gen = torch.Generator().manual_seed(0)
+    drawn = Counter()
+    for _ in range(3000):
+        rows, has = t.replacements.draw(torch.tensor([c]), gen)
+        drawn[t.replacements.kinds[int(rows[0])]] += 1
+    for kind in per_kind:
+        assert abs(drawn[kind] / 3000 - 1 / 3) < 0.04, drawn

@@ -23,6 +23,7 @@ JOINT_STEPS = 3000
 FLICKR_STEPS = 500
 RECIPE_TEXT_NEGATIVES = "swap"
 RECIPE_IMAGE_NEGATIVES = "flip"
+RECIPE_AUGMENT = "none"
 
 
 def _probability(text: str) -> float:
@@ -82,15 +83,20 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--itm-negatives", choices=["itc", "random"], default="itc",
                    help="the CE's negatives: itc draws a photo for each caption and a caption for each photo from "
                         "the in-batch BE similarity (BLIP's; default); random draws one at random")
-    p.add_argument("--text-negatives", default="swap", metavar="swap|none|KINDS",
+    p.add_argument("--text-negatives", default="swap", metavar="swap|replace|none|KINDS",
                    help="swap (default): the CE also learns to reject each caption with two of its colours, sizes, "
-                        "objects or its relation exchanged, against the caption's own photo; a comma list of "
-                        "colour, size, object, relation exchanges only those; none: no such negatives")
+                        "objects or its relation exchanged, against the caption's own photo; replace: with one "
+                        "colour, size or object word changed to another the data uses; swap,replace: both; a "
+                        "comma list of colour, size, object, relation, colour-replace, size-replace, "
+                        "object-replace asks for only those; none: no such negatives")
     p.add_argument("--image-negatives", choices=["none", "flip"], default="none",
                    help="flip: a caption that names a left/right (above/below) relation also meets its photo "
                         "flipped along that axis as a negative, and the flipped photo meets the caption with "
                         "those words swapped as a positive, so only the objects' places tell them apart "
                         "(CE and Joint; default none)")
+    p.add_argument("--augment", choices=["none", "shift"], default="none",
+                   help="shift: each time a step reads a training photo it is shifted and scaled by a few percent, "
+                        "so the model cannot learn the training photos' pixels by heart (default none)")
     p.add_argument("--eval-every", type=positive_int, default=100, help="dev evaluation every N steps (default 100)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -157,12 +163,14 @@ def add_parsers(sub, common, positive_int, non_negative_int, parse_sizes) -> Non
     p.add_argument("--flickr-steps", type=positive_int, default=FLICKR_STEPS,
                    help=f"real photos: steps of the pre-trained model, the Sep CE and Joint; the Sep BE takes half "
                         f"(default {FLICKR_STEPS})")
-    p.add_argument("--text-negatives", default=RECIPE_TEXT_NEGATIVES, metavar="swap|none|KINDS",
+    p.add_argument("--text-negatives", default=RECIPE_TEXT_NEGATIVES, metavar="swap|replace|none|KINDS",
                    help=f"the CE's swapped-caption negatives on the shapes set, as for train "
                         f"(default {RECIPE_TEXT_NEGATIVES}); real photos use swap")
     p.add_argument("--image-negatives", choices=["none", "flip"], default=RECIPE_IMAGE_NEGATIVES,
                    help=f"the Sep CE's and Joint's mirrored-photo negatives, as for train (default "
                         f"{RECIPE_IMAGE_NEGATIVES}), on both the shapes set and real photos")
+    p.add_argument("--augment", choices=["none", "shift"], default=RECIPE_AUGMENT,
+                   help=f"the Sep CE's and Joint's photo augmentation, as for train (default {RECIPE_AUGMENT})")
 
 
 @contextmanager
@@ -197,7 +205,7 @@ def cmd_train(s) -> int:
                            weight_decay=a.weight_decay, be_loss=a.be_loss, margin=a.margin,
                            hard_negatives=a.hard_negatives, itm_negatives=a.itm_negatives,
                            text_negatives=a.text_negatives, image_negatives=a.image_negatives,
-                           eval_every=a.eval_every, seed=a.seed,
+                           augment=a.augment, eval_every=a.eval_every, seed=a.seed,
                            device=a.device, resume=a.resume, shrink_from=a.shrink_from, keep=a.keep,
                            keep_text=a.keep_text, codes=a.codes, li_width=a.li_width,
                            train_encoders=a.train_encoders, teacher_scale=a.teacher_scale,
@@ -328,12 +336,12 @@ def cmd_recipe(s) -> int:
     runs = [RecipeOptions(work=str(work / ("shapes" if shapes_seed == 0 else f"shapes-{shapes_seed}")), kind="shapes",
                           seed=a.seed, data_seed=shapes_seed, steps=a.steps, ce_steps=a.ce_steps,
                           joint_steps=a.joint_steps, text_negatives=a.text_negatives,
-                          image_negatives=a.image_negatives, device=a.device)]
+                          image_negatives=a.image_negatives, augment=a.augment, device=a.device)]
     if a.flickr:
         runs.append(RecipeOptions(work=str(work / "flickr"), kind="flickr", data=a.flickr, seed=a.seed,
                                   steps=a.flickr_steps, be_steps=max(1, a.flickr_steps // 2),
                                   ce_steps=a.flickr_steps, joint_steps=a.flickr_steps,
-                                  image_negatives=a.image_negatives, device=a.device))
+                                  image_negatives=a.image_negatives, augment=a.augment, device=a.device))
     reports, dirs = {}, {}
     for o in runs:
         bar, stage = None, None
@@ -395,6 +403,8 @@ def _argv_for_doc(a) -> list[str]:
         out += ["--text-negatives", a.text_negatives]
     if a.image_negatives != RECIPE_IMAGE_NEGATIVES:
         out += ["--image-negatives", a.image_negatives]
+    if a.augment != RECIPE_AUGMENT:
+        out += ["--augment", a.augment]
     return out
 
 

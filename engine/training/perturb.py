@@ -8,7 +8,9 @@ only one that binds words to objects and places can. Used as the CE's text negat
 
 Rule-based and for English captions of any data: colour words, size words, spatial words, and the nouns of
 the caption's own objects (a list of common object nouns; shapes included). A caption with nothing to
-exchange yields nothing, and `coverage` counts those.
+exchange yields nothing, and `coverage` counts those. `replacements` changes one word instead, to another
+of its kind ("red" to "green"): negatives that a scorer which reads every word but checks none of them
+against the photo cannot reject either.
 """
 
 from __future__ import annotations
@@ -94,6 +96,55 @@ def coverage(captions: Iterable[str]) -> dict[str, int]:
         if not kinds:
             counts["none"] += 1
     return {"captions": total, **{k: counts.get(k, 0) for k in KINDS}, "none": counts.get("none", 0)}
+
+
+# ----- replacements: one word exchanged for another of its kind that the caption does not say -----------
+# Swaps keep a caption's words, so they cannot teach a scorer to check a word the photo contradicts: "a small
+# red circle" against a photo of a small green circle. A replacement says exactly that (the structured
+# negatives of SVLC, Doveh et al. 2023): one colour, size or object word changed to another of its kind.
+REPLACE_KINDS = ("colour-replace", "size-replace", "object-replace")
+# Words that can name the same thing stand in one group, and a word is never replaced by one of its group.
+_COLOUR_GROUPS = ["red", "green", "blue", "yellow gold golden", "purple violet", "orange", "pink",
+                  "brown tan beige", "black", "white", "grey gray silver"]
+_SIZE_GROUPS = ["small little tiny short", "large big huge tall long"]
+# Only nouns that cannot name one another (a man is a person, a puppy a dog): shapes, animals, and men and
+# women; the rest of NOUNS is left to the swaps.
+_OBJECT_GROUPS = ["circle", "square", "triangle", "cross", "star", "rectangle", "dog dogs puppy", "cat", "horse",
+                  "cow", "bird", "sheep", "man men guy boy boys", "woman women lady girl girls", "bike bicycle",
+                  "car", "truck", "bus", "boat"]
+_REPLACE_GROUPS = {"colour-replace": _COLOUR_GROUPS, "size-replace": _SIZE_GROUPS,
+                   "object-replace": _OBJECT_GROUPS}
+
+
+def _group_of(groups: list[str]) -> dict[str, int]:
+    return {w: i for i, g in enumerate(groups) for w in g.split()}
+
+
+def replacement_vocabulary(captions: Iterable[str]) -> dict[str, dict[str, int]]:
+    """{kind: {word: group}} of the replaceable words the captions use: a replacement only brings in words the
+    data has (a model whose vocabulary was built from the data knows them)."""
+    seen = {m.group().lower() for c in captions for m in _WORD.finditer(c)}
+    return {kind: {w: g for w, g in _group_of(groups).items() if w in seen}
+            for kind, groups in _REPLACE_GROUPS.items()}
+
+
+def replacements(caption: str, vocabulary: dict[str, dict[str, int]]) -> dict[str, list[str]]:
+    """{kind: captions} with one replaceable word (one occurrence) exchanged for each word of the vocabulary
+    (replacement_vocabulary) outside its group; kinds with nothing to replace are left out. "a small red
+    circle" gives "a small green circle", "a small blue circle", ... and "a large red circle"."""
+    out: dict[str, list[str]] = {}
+    for kind, words in vocabulary.items():
+        found = []
+        for m in _WORD.finditer(caption):
+            low = m.group().lower()
+            if low in words:
+                for other, group in words.items():
+                    if group != words[low]:
+                        new = other.capitalize() if m.group()[0].isupper() else other
+                        found.append(caption[:m.start()] + new + caption[m.end():])
+        if found:
+            out[kind] = list(dict.fromkeys(found))
+    return out
 
 
 # Mirroring a photo changes what its spatial words say along the mirrored axis only: left and right swap

@@ -41,6 +41,7 @@ class RecipeOptions:
     text_negatives: str = "swap"
     # the Sep CE's and Joint's mirrored-photo negatives (TrainOptions.image_negatives)
     image_negatives: str = "flip"
+    augment: str = "none"  # the Sep CE's and Joint's (TrainOptions.augment)
     init: str = "tiny"
     be_loss: str = "infonce"
     eval_every: int = 250
@@ -77,9 +78,9 @@ def stage_options(o: RecipeOptions, data: Path, work: Path) -> dict[str, TrainOp
         # Random in-batch ITM negatives for both: with ITC-sampled ones neither the Sep CE nor Joint learned the
         # relation in 3,000 steps, with random ones both did (docs/QUALITY.md, "Run to run")
         "ce": opts("ce", "ce", steps=o.ce_steps, lr=o.ce_lr, itm_negatives="random", eval_every=o.ce_eval_every,
-                   image_negatives=o.image_negatives),
+                   image_negatives=o.image_negatives, augment=o.augment),
         "joint": opts("joint", "joint", steps=o.joint_steps, lr=o.ce_lr, itm_negatives="random",
-                      eval_every=o.ce_eval_every, image_negatives=o.image_negatives),
+                      eval_every=o.ce_eval_every, image_negatives=o.image_negatives, augment=o.augment),
     }
 
 
@@ -265,7 +266,8 @@ def stage_line(name: str, log: dict) -> str:
     o = log["options"]
     start = f"`--init {o['init']}`" if o.get("init") else f"from {Path(o['model']).name}"
     neg = "" if o["mode"] == "be" else (f", ITM negatives {o['itm_negatives']}, text negatives "
-                                         f"{o['text_negatives']}, image negatives {o.get('image_negatives', 'none')}")
+                                         f"{o['text_negatives']}, image negatives {o.get('image_negatives', 'none')}"
+                                         + (f", augment {o['augment']}" if o.get("augment", "none") != "none" else ""))
     return (f"- {name} ({STAGE_ROLES.get(name, name)}): --mode {o['mode']} {start}, {log['step']:,} steps at lr "
             f"{o['lr']}{neg}; {log.get('seconds', 0) / 60:.1f} min.")
 

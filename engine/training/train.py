@@ -30,19 +30,29 @@ STATE_DIR = ".picsift-train"  # inside the output folder: the resumable state, n
 
 
 def swap_kinds(text_negatives: str) -> tuple[str, ...]:
-    """The kinds of exchange --text-negatives asks for: "swap" is every kind, "none" none, else a comma list."""
-    from .perturb import KINDS
+    """The kinds of text negative --text-negatives asks for: "swap" is every kind of exchange (perturb.KINDS),
+    "replace" every kind of replacement (perturb.REPLACE_KINDS), "none" none, else a comma list of those
+    two words and of kinds ("swap,replace", "relation,colour-replace")."""
+    from .perturb import KINDS, REPLACE_KINDS
 
     if text_negatives == "none":
         return ()
-    if text_negatives == "swap":
-        return KINDS
-    kinds = tuple(k.strip() for k in text_negatives.split(",") if k.strip())
-    bad = [k for k in kinds if k not in KINDS]
+    groups = {"swap": KINDS, "replace": REPLACE_KINDS}
+    kinds: list[str] = []
+    bad = []
+    for k in (k.strip() for k in text_negatives.split(",")):
+        if not k:
+            continue
+        if k in groups:
+            kinds += groups[k]
+        elif k in KINDS or k in REPLACE_KINDS:
+            kinds.append(k)
+        else:
+            bad.append(k)
     if bad or not kinds:
-        raise TrainingError(f"--text-negatives must be swap, none or a comma list of {', '.join(KINDS)}, not "
-                            f"'{text_negatives}'.")
-    return kinds
+        raise TrainingError(f"--text-negatives must be swap, replace, none or a comma list of those and of "
+                            f"{', '.join(KINDS + REPLACE_KINDS)}, not '{text_negatives}'.")
+    return tuple(dict.fromkeys(kinds))
 
 
 @dataclass
@@ -54,6 +64,23 @@ class SwapNegatives:
     kinds: list[str]  # each row's kind of exchange (perturb.KINDS)
     start: object  # (C,) long
     count: object  # (C,) long
+    # each row's chance among its caption's rows (None: alike); replacements give each kind an equal share
+    weight: object = None
+
+    def draw(self, caps, gen):
+        """One row for each caption of `caps` that has any, and the mask of those captions."""
+        import torch
+
+        has = self.count[caps] > 0
+        if self.weight is None:
+            pick = (torch.rand(len(caps), generator=gen) * self.count[caps]).long()
+            return (self.start[caps] + pick)[has], has
+        rows = []
+        for c in caps[has].tolist():
+            a = int(self.start[c])
+            w = self.weight[a:a + int(self.count[c])]
+            rows.append(a + int(torch.multinomial(w, 1, generator=gen)))
+        return torch.as_tensor(rows, dtype=torch.long), has
 
 
 @dataclass
@@ -98,6 +125,9 @@ class TrainOptions:
     # axis, as a negative, and the flipped photo meets the caption with those words swapped, as a positive:
     # only the objects' places tell them apart (engine.training.perturb.mirror)
     image_negatives: str = "none"
+    # "shift": each time a step reads a training photo it is shifted and scaled by a few percent
+    # (engine.training.augment), so the CE cannot learn the training photos' pixels by heart
+    augment: str = "none"
     eval_every: int = 100
     checkpoint_every: int | None = None  # default: eval_every
     dev_max_images: int = 100  # the dev figure reads at most this many dev photos (the CE scores all pairs)
@@ -140,6 +170,10 @@ class TrainOptions:
         if self.image_negatives not in IMAGE_NEGATIVES:
             raise TrainingError(f"--image-negatives must be one of {', '.join(IMAGE_NEGATIVES)}, not "
                                 f"'{self.image_negatives}'.")
+        from .augment import AUGMENTS
+
+        if self.augment not in AUGMENTS:
+            raise TrainingError(f"--augment must be one of {', '.join(AUGMENTS)}, not '{self.augment}'.")
         if self.mode not in ("li", "shrink-ce") and self.shrink_from:
             raise TrainingError("--shrink-from belongs to --mode li and --mode shrink-ce.")
         if self.mode != "li" and self.keep:
@@ -184,6 +218,10 @@ class TrainProgress:
 
 
 class Trainer:
+    swaps: SwapNegatives | None = None
+    replacements: SwapNegatives | None = None  # --text-negatives replace (perturb.replacements)
+    mirrors: MirrorPairs | None = None
+
     def __init__(self, options: TrainOptions, cancel: CancelToken | None = None):
         options.check()
         self.o = options
@@ -282,28 +320,43 @@ class Trainer:
         so that all pad to one length; swaps and mirrors are None when not asked for."""
         import torch
 
-        from .perturb import MIRROR_AXES, mirror, perturb
+        from .perturb import KINDS, MIRROR_AXES, mirror, perturb, replacement_vocabulary, replacements
 
         captions = list(self.data.captions)
         allowed = swap_kinds(self.o.text_negatives) if self.o.mode in ("ce", "joint") else ()
+        swap, replace = [k for k in allowed if k in KINDS], [k for k in allowed if k not in KINDS]
         flips = self.o.image_negatives == "flip" and self.o.mode in ("ce", "joint")
         texts, kinds, start, count = [], [], [], []
-        for c in captions if allowed else ():
-            swapped = {k: t for k, t in perturb(c).items() if k in allowed}
+        for c in captions if swap else ():
+            swapped = {k: t for k, t in perturb(c).items() if k in swap}
             start.append(len(texts))
             count.append(len(swapped))
             texts.extend(swapped.values())
             kinds.extend(swapped)
+        s = len(texts)
+        r_kinds, r_start, r_count, r_weight = [], [], [], []
+        vocabulary = {k: v for k, v in replacement_vocabulary(captions).items() if k in replace}
+        for c in captions if replace else ():
+            found = replacements(c, vocabulary)
+            r_start.append(len(texts) - s)
+            r_count.append(sum(map(len, found.values())))
+            for kind, rows in found.items():
+                texts.extend(rows)
+                r_kinds.extend([kind] * len(rows))
+                r_weight.extend([1.0 / (len(rows) * len(found))] * len(rows))
         axes, mirrored = [], []
         for c in captions if flips else ():
             m = mirror(c)
             axes.append(0 if m is None else 1 + MIRROR_AXES.index(m[0]))
             mirrored.append(c if m is None else m[1])
         ids, mask = self._tokens(captions + texts + mirrored)
-        n, s = len(captions), len(texts)
+        n, t = len(captions), len(texts)
         swaps = SwapNegatives(ids[n:n + s], mask[n:n + s], kinds, torch.as_tensor(start),
-                              torch.as_tensor(count)) if allowed else None
-        mirrors = MirrorPairs(ids[n + s:], mask[n + s:], torch.as_tensor(axes, dtype=torch.long)) if flips else None
+                              torch.as_tensor(count)) if swap else None
+        self.replacements = SwapNegatives(ids[n + s:n + t], mask[n + s:n + t], r_kinds, torch.as_tensor(r_start),
+                                          torch.as_tensor(r_count),
+                                          torch.as_tensor(r_weight, dtype=torch.float)) if replace else None
+        mirrors = MirrorPairs(ids[n + t:], mask[n + t:], torch.as_tensor(axes, dtype=torch.long)) if flips else None
         return ids[:n], mask[:n], swaps, mirrors
 
     def _tokens(self, captions):
@@ -331,7 +384,8 @@ class Trainer:
                                            "hard_negatives", "itm_negatives", "text_negatives", "image_negatives", "eval_every", "shrink_from",
                                            "keep", "keep_text",
                                            "codes", "li_width", "train_encoders")} | (
-            {"pool": o.pool} if o.mode == "shrink-ce" else {}) | {
+            {"pool": o.pool} if o.mode == "shrink-ce" else {}) | (
+            {"augment": o.augment} if o.augment != "none" else {}) | {
             "data": str(Path(o.data).expanduser().resolve()), "captions": len(self.data.captions)}
 
     def _save_state(self) -> None:
@@ -398,6 +452,20 @@ class Trainer:
     def itm_logits(self, ids, mask, tokens):
         return match_logits(self.model, ids.to(self.device), mask.to(self.device), tokens)
 
+    def train_pixels(self, index, step: int, salt: int):
+        """The pixels of training photos `index` as a step's loss reads them: shifted and scaled afresh
+        (--augment shift, engine.training.augment), by a draw that is a function of (seed, step, salt) so a
+        resumed run reads what the saved one would have."""
+        import torch
+
+        pixels = self.pixels[index]
+        if self.o.augment == "none":
+            return pixels
+        from .augment import shift_and_scale
+
+        gen = torch.Generator().manual_seed((self.o.seed * 1_000_003 + step) * 4 + salt + 7_919)
+        return shift_and_scale(pixels, gen)
+
     # ----- one step of each objective ---------------------------------------
     def _batch_tensors(self, step: int):
         import torch
@@ -412,7 +480,7 @@ class Trainer:
 
         caps, imgs, unique, inverse = self._batch_tensors(step)
         with self._autocast():
-            image = self.image_vectors(self.image_tokens(self.pixels[unique]))[inverse]
+            image = self.image_vectors(self.image_tokens(self.train_pixels(unique, step, 0)))[inverse]
             text = self.text_vectors(self.ids[caps], self.mask[caps])
         ids = imgs.to(self.device)
         if self.o.be_loss == "infonce":
@@ -463,26 +531,25 @@ class Trainer:
             images.append(neg_imgs[valid])
             labels.append(torch.zeros(int(valid.sum())))
         ids, mask = self.ids[torch.cat(texts)], self.mask[torch.cat(texts)]
-        if self.swaps is not None:
-            has = self.swaps.count[caps] > 0
-            pick = (torch.rand(b, generator=gen) * self.swaps.count[caps]).long()
-            rows = (self.swaps.start[caps] + pick)[has]
-            ids = torch.cat([ids, self.swaps.ids[rows]])
-            mask = torch.cat([mask, self.swaps.mask[rows]])
-            images.append(imgs[has])
-            labels.append(torch.zeros(int(has.sum())))
+        for negatives in (self.swaps, self.replacements):  # one of each a caption (that has any)
+            if negatives is not None:
+                rows, has = negatives.draw(caps, gen)
+                ids = torch.cat([ids, negatives.ids[rows]])
+                mask = torch.cat([mask, negatives.mask[rows]])
+                images.append(imgs[has])
+                labels.append(torch.zeros(int(has.sum())))
         image_all = torch.cat(images)
         unique, inverse = torch.unique(image_all, return_inverse=True)
         with self._autocast():
-            tokens = self.image_tokens(self.pixels[unique])
+            tokens = self.image_tokens(self.train_pixels(unique, step, 1))
             logits = self.itm_logits(ids, mask, tokens[inverse.to(self.device)])
         labels = torch.cat(labels)
         if self.mirrors is not None:
-            flip_logits, flip_labels = self._flip_pairs(caps, imgs)
+            flip_logits, flip_labels = self._flip_pairs(caps, imgs, step)
             logits, labels = torch.cat([logits, flip_logits]), torch.cat([labels, flip_labels])
         return matching_loss(logits, labels.to(self.device))
 
-    def _flip_pairs(self, caps, imgs):
+    def _flip_pairs(self, caps, imgs, step: int):
         """--image-negatives flip: ITM logits and labels of each batch caption that names a relation against its
         photo flipped along the relation's axis (0) and of its mirrored caption against that flipped photo (1)."""
         import torch
@@ -491,7 +558,7 @@ class Trainer:
         rows = torch.nonzero(axis > 0).flatten()
         if len(rows) == 0:
             return torch.zeros(0, 2, device=self.device), torch.zeros(0)
-        pixels = self.pixels[imgs[rows]]
+        pixels = self.train_pixels(imgs[rows], step, 2)
         horizontal = (axis[rows] == 1)[:, None, None, None]
         pixels = torch.where(horizontal, pixels.flip(3), pixels.flip(2))  # NCHW: 3 is width, 2 is height
         c = caps[rows]
@@ -680,18 +747,27 @@ class Trainer:
                "trained_parameters": sum(p.numel() for g in self.optimizer.param_groups for p in g["params"]),
                "train_images": len(self.data.images), "train_captions": len(self.data.captions),
                "dev_images": len(self.dev.images) if self.dev is not None else 0,
-               "text_negatives": None if self.swaps is None else _count_kinds(self.swaps, len(self.data.captions)),
+               "text_negatives": _count_kinds([n for n in (self.swaps, self.replacements) if n is not None],
+                                              len(self.data.captions)),
                "false_negatives": self.false_negatives, "history": self.history}
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "training.json").write_text(json.dumps(log, indent=1))
 
 
-def _count_kinds(swaps: SwapNegatives, captions: int) -> dict[str, int]:
-    """How many training captions have a text negative of each kind, and how many have none."""
+def _count_kinds(negatives: list[SwapNegatives], captions: int) -> dict[str, int] | None:
+    """How many training captions have a text negative of each kind, and how many have none (None: no text
+    negatives were asked for)."""
     from collections import Counter
 
-    counts = Counter(swaps.kinds)
-    return {"captions": captions, **dict(sorted(counts.items())), "none": int((swaps.count == 0).sum())}
+    if not negatives:
+        return None
+    counts: Counter[str] = Counter()
+    has_any = [False] * captions
+    for neg in negatives:
+        for c, (a, n) in enumerate(zip(neg.start.tolist(), neg.count.tolist())):
+            counts.update(set(neg.kinds[a:a + n]))
+            has_any[c] = has_any[c] or n > 0
+    return {"captions": captions, **dict(sorted(counts.items())), "none": captions - sum(has_any)}
 
 
 def match_logits(model, ids, mask, tokens):
