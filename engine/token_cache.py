@@ -154,6 +154,12 @@ class TokenCache:
     def put_many(self, stage: str, items: Iterable[tuple[str, np.ndarray]], fmt: str, evict: bool = False) -> int:
         """Store features of photos (by content hash). While the budget allows; with evict=True (a query's
         rerank) the least recently used entries make room. Returns how many were stored."""
+        return self.put_encoded(stage, ((h, fmt, t.shape, encode_tokens(t, fmt)) for h, t in items), evict)
+
+    def put_encoded(self, stage: str, items: Iterable[tuple[str, str, tuple[int, int], bytes]],
+                    evict: bool = False) -> int:
+        """put_many for features encoded already (encode_tokens), each as (content hash, format, shape, bytes):
+        what a cluster job's shards carry."""
         if self.read_only:
             return 0
         stored = 0
@@ -161,8 +167,9 @@ class TokenCache:
         with self.lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                for content_hash, tokens in items:
-                    blob = encode_tokens(tokens, fmt)
+                for content_hash, fmt, shape, blob in items:
+                    if fmt not in FORMATS:
+                        raise ValueError(f"unknown token format '{fmt}'")
                     old = self.conn.execute("SELECT length(data) FROM features WHERE stage = ? AND hash = ?",
                                             (stage, content_hash)).fetchone()
                     old_len = old[0] if old else 0
@@ -172,7 +179,7 @@ class TokenCache:
                         over = self._size - old_len + len(blob) - self.budget_bytes
                     if over > 0:
                         continue
-                    n, h = tokens.shape
+                    n, h = shape
                     self.conn.execute(
                         "INSERT INTO features(stage, hash, fmt, n, h, data, last_used) VALUES (?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT(stage, hash) DO UPDATE SET fmt = excluded.fmt, n = excluded.n, h = excluded.h, "

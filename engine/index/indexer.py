@@ -77,10 +77,34 @@ class _Prepared:
     text: str | None = None  # the words read in it ("" none); None when not read (text reading off, or known)
     same_content: bool = False  # only the file time changed
     known_content: bool = False  # the library has vectors for this content already (a move or a copy)
+    # computed elsewhere (a cluster job's shard): the BE vector, and each stage's features as stored bytes
+    vector: object = None
+    features: dict | None = None
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode_for_model(prep: _Prepared, data: bytes, model, size: int | None, keep_image: bool):
+    """Decode a photo's bytes (at reduced scale when the format allows, still at least `size`) into the model's
+    input pixels and the photo's facts, set on `prep`; returns the decoded image."""
+    photo = decode(data, size, name=prep.entry.path)
+    prep.width, prep.height = photo.width, photo.height
+    prep.taken = photo.taken if photo.taken is not None else prep.entry.mtime_ns / 1e9
+    prep.pixels = model.preprocess([photo.image])[0]
+    if keep_image:
+        prep.image = photo.image
+    return photo.image
+
+
+def photo_error(exc: BaseException) -> str:
+    """The reason recorded for a photo that could not be read or decoded."""
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "not enough memory to decode this image"
+    return f"could not be decoded: {type(exc).__name__}: {exc}"
 
 
 class Indexer:
@@ -110,6 +134,8 @@ class Indexer:
             text_reader, self.text_notice = TextReader.for_library(library.text_languages)
         self.text_reader = text_reader
         self._text_read: set[str] = set()  # content the reader has read already
+        self._gone_by_hash: dict[str, list] = {}  # set by each walk (_run)
+        self._known_rows: set[str] = set()
 
     # ----- the worker-thread part ------------------------------------------
     def _prepare(self, entry: FileEntry, known) -> _Prepared:
@@ -127,20 +153,11 @@ class Indexer:
                 return prep
             reader = self.text_reader
             size = max(self.target_size or 0, CHECK_SIDE) if reader is not None else self.target_size
-            photo = decode(data, size, name=entry.path)
-            prep.width, prep.height = photo.width, photo.height
-            prep.taken = photo.taken if photo.taken is not None else entry.mtime_ns / 1e9
-            prep.pixels = self.model.preprocess([photo.image])[0]
-            if self._separate_rerankers:
-                prep.image = photo.image
+            image = decode_for_model(prep, data, self.model, size, self._separate_rerankers)
             if reader is not None and prep.content_hash not in self._text_read:
-                prep.text = self._read_text(reader, photo.image, data, entry.path)
-        except ImageError as exc:
-            prep.error = str(exc)
-        except MemoryError:
-            prep.error = "not enough memory to decode this image"
+                prep.text = self._read_text(reader, image, data, entry.path)
         except Exception as exc:  # a decoder bug in a library must not stop the run
-            prep.error = f"could not be decoded: {type(exc).__name__}: {exc}"
+            prep.error = photo_error(exc)
         return prep
 
     @staticmethod
@@ -188,7 +205,28 @@ class Indexer:
         if self.text_reader is not None:
             self._text_read = lib.text.hashes_read(self.text_reader.key)
         yield progress.snapshot()
+        yield from self._before_scan(progress)
+        work, known, gone, paired = yield from self._scan(folders, progress)
+        progress.phase, progress.total = "indexing", len(work)
+        yield progress.snapshot()
+        progress.messages, progress.skipped_files = [], []
+        self._gone_by_hash = {}  # content of rows whose file the walk did not find
+        for row in gone:
+            if row.hash and row.status == "ok":
+                self._gone_by_hash.setdefault(row.hash, []).append(row)
+        self._known_rows = {path for path, row in known.items() if row is not None}
+        cancelled = yield from self._embed(work, known, progress)
+        yield from self._finish(gone, paired, cancelled, progress)
 
+    def _before_scan(self, progress: IndexProgress) -> Iterator[IndexProgress]:
+        """Work a subclass does once the model is attached, before the folders are walked (none here)."""
+        return
+        yield
+
+    def _scan(self, folders: Sequence[str], progress: IndexProgress):
+        """Walk the folders: returns (entries to look at, their rows by path, rows whose file the walk did not
+        find, rows of RAWs now paired with a JPEG), recording unreadable files as it goes."""
+        lib, store = self.library, self.store
         work: list[FileEntry] = []
         known: dict[str, object] = {}
         gone: list = []  # rows whose file was not found by the walk: deleted, or moved elsewhere
@@ -244,18 +282,15 @@ class Indexer:
             paired += [rows[raw].id for raw in paired_raws if raw in rows]
             gone += [row for path, row in rows.items() if path not in walked and path not in paired_raws
                      and not any(is_under(path, d, case_sensitive=True) for d in result.incomplete)]
-        progress.phase, progress.total = "indexing", len(work)
-        yield progress.snapshot()
-        progress.messages, progress.skipped_files = [], []
+        return work, known, gone, paired
+        yield
 
+    def _embed(self, work: list[FileEntry], known: dict, progress: IndexProgress) -> Iterator[IndexProgress]:
+        """Decode (on threads) and embed the photos of `work`, a batch a transaction. Returns whether the run
+        was cancelled."""
         start = time.monotonic()
         pending: deque[Future] = deque()
         cancelled = False
-        self._gone_by_hash: dict[str, list] = {}  # content of rows whose file the walk did not find
-        for row in gone:
-            if row.hash and row.status == "ok":
-                self._gone_by_hash.setdefault(row.hash, []).append(row)
-        self._known_rows = {path for path, row in known.items() if row is not None}
         with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="picsift-decode") as pool:
             it = iter(work)
             lookahead = self.batch_size * 3
@@ -278,17 +313,24 @@ class Indexer:
                 batch = [pending.popleft().result() for _ in range(min(self.batch_size, len(pending)))]
                 refill()
                 self._commit(batch, progress)
-                progress.done += len(batch)
-                progress.current = batch[-1].entry.path
-                elapsed = time.monotonic() - start
-                progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
-                left = progress.total - progress.done
-                progress.eta_s = left / progress.rate if progress.rate > 0 else None
+                self._advance(progress, batch, start)
                 yield progress.snapshot()
                 progress.messages, progress.skipped_files = [], []
             for f in pending:
                 f.cancel()
+        return cancelled
 
+    def _advance(self, progress: IndexProgress, batch: list[_Prepared], start: float) -> None:
+        progress.done += len(batch)
+        progress.current = batch[-1].entry.path
+        elapsed = time.monotonic() - start
+        progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
+        left = progress.total - progress.done
+        progress.eta_s = left / progress.rate if progress.rate > 0 else None
+
+    def _finish(self, gone: list, paired: list[int], cancelled: bool,
+                progress: IndexProgress) -> Iterator[IndexProgress]:
+        lib, store = self.library, self.store
         progress.phase = "finishing"
         if not cancelled:
             # Rows whose file is gone: deleted photos (a moved one has its new row already).
@@ -481,15 +523,19 @@ class Indexer:
         to_embed: list[_Prepared] = []
         by_hash: dict[str, _Prepared] = {}
         for p in batch:
-            if p.pixels is None:
+            if p.pixels is None and p.vector is None:
                 continue
             if p.content_hash in by_hash:  # the same content twice in one batch: embed it once
-                p.known_content, p.pixels = True, None
+                p.known_content, p.pixels, p.vector = True, None, None
                 continue
             by_hash[p.content_hash] = p
             to_embed.append(p)
         encoding = None
-        if to_embed:
+        if to_embed and all(p.vector is not None for p in to_embed):  # computed by a cluster job
+            from ..models.stages import ImageEncoding
+
+            encoding = ImageEncoding(np.stack([np.asarray(p.vector, np.float32) for p in to_embed]))
+        elif to_embed:
             import torch
 
             images = [p.image for p in to_embed] if self._separate_rerankers else None
@@ -550,6 +596,21 @@ class Indexer:
                     continue
                 lib.tokens.put_many(stage_key, ((p.content_hash, feats[i]) for i, p in enumerate(to_embed)),
                                     self.token_format)
+        self._put_stored_features([p for p in to_embed if p.features])
+
+    def _put_stored_features(self, prepared: list[_Prepared]) -> None:
+        """Features a cluster job computed and encoded (each photo's {stage key: (format, shape, bytes)}): LI
+        tokens into the library, the others into the rerank cache, as the local path stores them."""
+        li = getattr(self.model, "li", None)
+        by_stage: dict[str, list] = {}
+        for p in prepared:
+            for key, (fmt, shape, blob) in p.features.items():
+                by_stage.setdefault(key, []).append((p.content_hash, fmt, shape, blob))
+        for key, rows in by_stage.items():
+            if li is not None and key == li.key:
+                self.store.put_late_tokens(key, [(h, blob) for h, _, _, blob in rows])
+            else:
+                self.library.tokens.put_encoded(key, rows)
 
 
 def index_folders(library: Library, model, folders: Sequence[str], cancel: CancelToken | None = None,

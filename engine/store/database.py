@@ -539,6 +539,26 @@ class Store:
                 self._exec("DELETE FROM late_tokens WHERE hash NOT IN (SELECT hash FROM photos WHERE hash IS NOT NULL)")
             return gone
 
+    # ----- cluster shards -----------------------------------------------------
+    def shards_merged(self, names: Iterable[str]) -> set[str]:
+        """Which of these cluster-job shards (engine.cluster) were merged into the library already."""
+        if not self._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'merged_shards'"):
+            return set()
+        out: set[str] = set()
+        for chunk in _chunks(list(names), 500):
+            out.update(r[0] for r in self._rows(
+                f"SELECT name FROM merged_shards WHERE name IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
+    def mark_shard_merged(self, name: str, photos: int) -> None:
+        """Record a merged shard (its name is its content's hash), so that merging it again does nothing. Added
+        to schema 2 like the LI tokens: created by the first cluster merge."""
+        with self.batch():
+            self._exec("CREATE TABLE IF NOT EXISTS merged_shards (name TEXT PRIMARY KEY, photos INTEGER NOT NULL, "
+                       "merged_at REAL NOT NULL)")
+            self._exec("INSERT OR REPLACE INTO merged_shards(name, photos, merged_at) VALUES (?, ?, ?)",
+                       (name, int(photos), time.time()))
+
     # ----- LI tokens --------------------------------------------------------
     def _has_late_table(self) -> bool:
         return bool(self._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'late_tokens'"))
