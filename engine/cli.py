@@ -118,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-languages", metavar="LANGS",
                    help="languages the words in photos are read in, kept with the library: Tesseract's names "
                         "joined by + (default eng; eng+deu, fra, ...), or off to read no text")
+    p.add_argument("--cluster", metavar="ray|ray://ADDRESS",
+                   help="decode and encode the photos on a Ray cluster: ray starts a local one for the job, "
+                        "ray://ADDRESS joins an existing one (pip install 'picsift[cluster]'); the library stays "
+                        "here and merges the job's shards as they arrive")
+    p.add_argument("--shards", metavar="URL",
+                   help="with --cluster: where the job writes its shards, a folder or fsspec URL every node can "
+                        "write (default: a folder in the library)")
+    p.add_argument("--actors", type=positive_int, metavar="N",
+                   help="with --cluster: encoder actors, each loading the model once (default: one per GPU, "
+                        "else one per 2 CPUs)")
     p.add_argument("--raw-with-jpeg", choices=["one", "both"],
                    help="a camera RAW beside a JPEG of the same name: one photo, the JPEG (the default, kept "
                         "with the library), or both files as photos")
@@ -375,6 +385,14 @@ def cmd_index(s: Session) -> int:
     if len(problems) == len(folders):
         raise PicsiftError(shown("; ".join(problems)).capitalize() + ".")
     folders = [f for f, p in checked if not p]
+    cluster = None
+    if args.cluster is not None:  # a wrong address or a missing extra is one sentence, before any work
+        from .cluster.job import ClusterOptions, import_ray, parse_cluster
+
+        cluster = ClusterOptions(address=parse_cluster(args.cluster), shards=args.shards, actors=args.actors)
+        import_ray()
+    elif args.shards or args.actors:
+        raise PicsiftError("--shards and --actors belong to --cluster")
     if args.text_languages is not None:
         langs = args.text_languages.strip()
         if langs.lower() != "off" and not re.fullmatch(r"[A-Za-z_]+(\+[A-Za-z_]+)*", langs):
@@ -390,10 +408,16 @@ def cmd_index(s: Session) -> int:
     model = s.model
     _say(args, f"Library: {shown(str(s.library.folder))}\nModel: {shown(model.model_id)} on {model.describe_device()}")
     options = {"batch_size": args.batch_size} if args.batch_size else {}
+    if cluster is not None:
+        from .cluster.indexer import ClusterIndexer
+
+        runs = ClusterIndexer(s.library, model, cluster, **options).run(folders)
+    else:
+        runs = index_folders(s.library, model, folders, **options)
     bar, bar_phase = None, None
     last = None
     try:
-        for progress in index_folders(s.library, model, folders, **options):
+        for progress in runs:
             last = progress
             for m in progress.messages:
                 s.notice(m)
