@@ -162,8 +162,8 @@ def test_cluster_addresses_are_checked():
 ray = pytest.importorskip("ray", reason="the cluster extra (pip install -e '.[cluster]') is not installed")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
+@pytest.fixture
+def local_ray():  # shut down after its test, so that the unreachable-cluster test below can connect
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
