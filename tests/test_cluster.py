@@ -3,6 +3,7 @@ and (where Ray is installed: the cluster extra) a local Ray cluster's library eq
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -17,7 +18,7 @@ from picsift.engine.cluster.job import ClusterError, ClusterOptions, parse_clust
 from picsift.engine.cluster.shards import ShardRow, list_shards, read_shard, shard_name, write_shard
 from picsift.engine.cluster.worker import CRASH_ENV, ShardEncoder
 from picsift.engine.index.indexer import index_folders
-from picsift.engine.index.scanner import scan
+from picsift.engine.index.scanner import FileEntry, scan
 from picsift.engine.library import Library
 from picsift.engine.search.searcher import Searcher
 from picsift.engine.token_cache import format_for
@@ -42,10 +43,6 @@ def write_job_shards(model_dir, model, folder, shards, size=5):
     enc = ShardEncoder(str(model_dir), None, "fp32", format_for(model), str(shards), device="cpu")
     names = []
     for row in shard_lists(entries, model.be.key, size):
-        import json
-
-        from picsift.engine.index.scanner import FileEntry
-
         rows = enc.encode([FileEntry(*e) for e in json.loads(row["entries"])])
         write_shard(str(shards), row["shard"], model.be.key, rows)
         names.append(row["shard"])

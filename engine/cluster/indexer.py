@@ -25,7 +25,6 @@ SHARDS_DIR = "shards"
 
 class ClusterIndexer(Indexer):
     def __init__(self, library, model, cluster: ClusterOptions, cancel=None, **options):
-        options.setdefault("text_reader", "auto")
         super().__init__(library, model, cancel=cancel, **options)
         self.cluster = cluster
         self.shards = cluster.shards or str(library.folder / SHARDS_DIR / model.be.key.replace("/", "_")[:64])
@@ -62,8 +61,9 @@ class ClusterIndexer(Indexer):
         stale = 0
         for chunk in iter_batches(rows, self.batch_size):
             batch = []
+            have = store.hashes_with_vectors(self.key, [r.hash for r in chunk if r.error is None])
             for r in chunk:
-                p = self._prepared(r)
+                p = self._prepared(r, have)
                 if p is None:
                     stale += 1
                 else:
@@ -77,9 +77,10 @@ class ClusterIndexer(Indexer):
         remove_shard(self.shards, name)
         return len(rows)
 
-    def _prepared(self, r: ShardRow) -> _Prepared | None:
-        """A shard row as the commit takes it, with the same rules as local indexing; None when the file is no
-        longer what the job read (it is left for the next walk)."""
+    def _prepared(self, r: ShardRow, have: set[str]) -> _Prepared | None:
+        """A shard row as the commit takes it, with the same rules as local indexing (`have`: the content hashes
+        of its batch that have vectors already); None when the file is no longer what the job read (it is left
+        for the next walk)."""
         try:
             st = os.stat(r.path)
         except OSError:
@@ -93,7 +94,7 @@ class ClusterIndexer(Indexer):
         known = self.store.photo(r.path, self.key)
         if known is not None and known.has_vector and known.hash == r.hash:
             p.same_content = True
-        elif self.store.hashes_with_vectors(self.key, [r.hash]):
+        elif r.hash in have:
             p.known_content = True
         else:
             p.vector = np.frombuffer(r.vector, np.float32)
@@ -117,14 +118,8 @@ class ClusterIndexer(Indexer):
                                 self.shards):
                 if self.cancel.cancelled:
                     return True
-                before = progress.done
                 self.merge_shard(done["shard"], progress)
-                progress.done = before + done["photos"]
-                progress.current = None
-                elapsed = time.monotonic() - start
-                progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
-                left = progress.total - progress.done
-                progress.eta_s = left / progress.rate if progress.rate > 0 else None
+                self._advance(progress, done["photos"], None, start)
                 yield progress.snapshot()
                 progress.messages, progress.skipped_files = [], []
         return False

@@ -193,7 +193,7 @@ class Indexer:
             yield from self._run(folders)
 
     def _run(self, folders: Sequence[str]) -> Iterator[IndexProgress]:
-        lib, store = self.library, self.store
+        lib = self.library
         progress = IndexProgress("scanning")
         notice = lib.attach_model(self.model)
         if notice:
@@ -206,7 +206,7 @@ class Indexer:
             self._text_read = lib.text.hashes_read(self.text_reader.key)
         yield progress.snapshot()
         yield from self._before_scan(progress)
-        work, known, gone, paired = yield from self._scan(folders, progress)
+        work, known, gone, paired = self._scan(folders, progress)
         progress.phase, progress.total = "indexing", len(work)
         yield progress.snapshot()
         progress.messages, progress.skipped_files = [], []
@@ -283,7 +283,6 @@ class Indexer:
             gone += [row for path, row in rows.items() if path not in walked and path not in paired_raws
                      and not any(is_under(path, d, case_sensitive=True) for d in result.incomplete)]
         return work, known, gone, paired
-        yield
 
     def _embed(self, work: list[FileEntry], known: dict, progress: IndexProgress) -> Iterator[IndexProgress]:
         """Decode (on threads) and embed the photos of `work`, a batch a transaction. Returns whether the run
@@ -313,16 +312,18 @@ class Indexer:
                 batch = [pending.popleft().result() for _ in range(min(self.batch_size, len(pending)))]
                 refill()
                 self._commit(batch, progress)
-                self._advance(progress, batch, start)
+                self._advance(progress, len(batch), batch[-1].entry.path, start)
                 yield progress.snapshot()
                 progress.messages, progress.skipped_files = [], []
             for f in pending:
                 f.cancel()
         return cancelled
 
-    def _advance(self, progress: IndexProgress, batch: list[_Prepared], start: float) -> None:
-        progress.done += len(batch)
-        progress.current = batch[-1].entry.path
+    @staticmethod
+    def _advance(progress: IndexProgress, count: int, current: str | None, start: float) -> None:
+        """`count` more photos handled since `start` (monotonic), the last `current`: done, rate and ETA."""
+        progress.done += count
+        progress.current = current
         elapsed = time.monotonic() - start
         progress.rate = progress.done / elapsed if elapsed > 0 else 0.0
         left = progress.total - progress.done

@@ -335,7 +335,7 @@ class Trainer:
             kinds.extend(swapped)
         s = len(texts)
         r_kinds, r_start, r_count, r_weight = [], [], [], []
-        vocabulary = {k: v for k, v in replacement_vocabulary(captions).items() if k in replace}
+        vocabulary = {k: v for k, v in replacement_vocabulary(captions).items() if k in replace} if replace else {}
         for c in captions if replace else ():
             found = replacements(c, vocabulary)
             r_start.append(len(texts) - s)
