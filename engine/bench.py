@@ -48,7 +48,7 @@ from .errors import ImageError, PicsiftError
 from .index.imaging import decode, is_supported, open_photo
 from .models.random_blip import OUTLIER_SCALE
 from .token_cache import DEFAULT_BUDGET_BYTES
-from .vector_index import EXACT_LIMIT
+from .search.vector_index import EXACT_LIMIT
 
 K = 20  # hits reranked per query, as the app does by default
 RECALL_QUERIES = 200
@@ -373,7 +373,7 @@ class LargeLibrary:
     """
 
     def __init__(self, lib, model, size: int, exact_limit: int = EXACT_LIMIT, seed: int = 0):
-        from .vector_index import VectorIndex
+        from .search.vector_index import VectorIndex
 
         key = model.be.key
         real_ids, real_vecs = lib.store.vectors(key)
@@ -596,7 +596,7 @@ def run_bench(model, folder: str, photos: int = 48, sizes=(10_000, 100_000, 1_00
     from .machine import describe_cpu, has_bf16_instructions, matmul_gflops
     from .search.searcher import Searcher
     from .token_cache import format_for
-    from .vector_index import modality_gap_queries, recall_at
+    from .search.vector_index import modality_gap_queries, recall_at
 
     paths = _photos(folder, photos)
     if not paths:

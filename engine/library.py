@@ -14,7 +14,7 @@ from .errors import LibraryError, ModelMismatchError
 from .store.database import LEGACY_PREFIX, Store
 from .store.photo_text import PhotoText
 from .token_cache import DEFAULT_BUDGET_BYTES, TokenCache
-from .vector_index import EXACT_LIMIT, VectorIndex
+from .search.vector_index import EXACT_LIMIT, ONDISK_LIMIT, ONDISK_MIN, VectorIndex
 
 log = logging.getLogger("picsift.library")
 
@@ -25,8 +25,10 @@ class Library:
     LEGACY_INDEX_NAME = "photos.faiss"
 
     def __init__(self, folder: str | os.PathLike, cache_budget_bytes: int = DEFAULT_BUDGET_BYTES,
-                 exact_limit: int = EXACT_LIMIT, create: bool = True, check: bool | None = None):
-        """create=False: open only a library that exists (a mistyped folder must not become an empty one)."""
+                 exact_limit: int = EXACT_LIMIT, create: bool = True, check: bool | None = None,
+                 ondisk_limit: int = ONDISK_LIMIT):
+        """create=False: open only a library that exists (a mistyped folder must not become an empty one).
+        Past `ondisk_limit` photos the search index keeps its lists on disk (VectorIndex.build_ondisk)."""
         self.folder = Path(folder)
         if not create and not (self.folder / self.DB_NAME).is_file():
             why = "the folder holds no library" if self.folder.is_dir() else "no such folder"
@@ -43,6 +45,7 @@ class Library:
         self.tokens = TokenCache(self.folder / self.CACHE_NAME, int(saved) if saved else cache_budget_bytes,
                                  read_only=self.read_only)
         self.exact_limit = exact_limit
+        self.ondisk_limit = ondisk_limit
         self.notices: list[str] = list(self.tokens.notices) + self.text.notices
         self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
@@ -196,6 +199,15 @@ class Library:
         return self._build(key, generation, save=True)
 
     def _build(self, key: str, generation: int, save: bool) -> VectorIndex:
+        n = self.store.count_photos(key)
+        if n > max(self.ondisk_limit, ONDISK_MIN - 1) and not self.read_only:
+            # Millions of photos: streamed from the database in chunks into lists on disk, beside the index file
+            vi = VectorIndex.build_ondisk(self.folder, self.index_path(key).stem, lambda: self.store.iter_vectors(key),
+                                          n, self.store.model_dim(key), exact_limit=self.exact_limit,
+                                          calibration_queries=self._text_queries(key))
+            vi.generation, vi.saved_generation = generation, None
+            self._save(key, vi)  # its build's files are on disk already: the description must name them
+            return vi
         ids, vecs = self.store.vectors(key)
         vi = VectorIndex.build(ids, vecs, self.store.model_dim(key), exact_limit=self.exact_limit,
                                calibration_queries=self._text_queries(key) if len(ids) > self.exact_limit else None)
@@ -247,7 +259,7 @@ class Library:
                 return  # stale (another writer moved on): it is rebuilt on next use, never saved as current
             if vi.saved_generation == vi.generation:
                 return  # nothing changed: the file on disk is this index
-            reason = vi.rebuild_reason(exact_limit=self.exact_limit)
+            reason = vi.rebuild_reason(exact_limit=self.exact_limit, ondisk_limit=self.ondisk_limit)
             if reason:
                 log.info("search index rebuilt: %s", reason)
                 vi = self._indexes[key] = self._build(key, vi.generation, save=False)

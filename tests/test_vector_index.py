@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from picsift.engine.bench import clustered_vectors
-from picsift.engine.vector_index import (
+from picsift.engine.search.vector_index import (
     GROWTH_FACTOR,
     VectorIndex,
     modality_gap_queries,

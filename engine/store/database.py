@@ -524,6 +524,20 @@ class Store:
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
         return ids, vecs
 
+    def iter_vectors(self, key: str | None = None, chunk: int = 100_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`vectors` in chunks of at most `chunk` photos, in id order, never all in memory."""
+        key = key or self.be_key or ""
+        after = -1
+        while True:
+            rows = self._rows("SELECT p.id, v.vector FROM photos p JOIN vectors v ON v.hash = p.hash AND "
+                              "v.model_key = ? WHERE p.status = 'ok' AND p.id > ? ORDER BY p.id LIMIT ?",
+                              (key, after, chunk))
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            after = int(ids[-1])
+
     def vector(self, photo_id: int, key: str | None = None) -> np.ndarray | None:
         rows = self._rows("SELECT v.vector FROM photos p JOIN vectors v ON v.hash = p.hash AND v.model_key = ? "
                           "WHERE p.id = ?", (key or self.be_key or "", photo_id))
