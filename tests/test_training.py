@@ -3,6 +3,7 @@ and a short train-then-eval that must beat chance."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -562,8 +563,40 @@ def test_the_recipe_trains_its_crossencoders_with_mirrored_photos_and_says_so(tm
     # random in-batch ITM negatives for both CEs: with ITC-sampled ones neither learned the relation
     assert {k: v.itm_negatives for k, v in stages.items() if k in ("ce", "joint")} == {"ce": "random",
                                                                                       "joint": "random"}
+    # replacements beside swaps for Joint; the pre-trained model and the Sep CE keep swaps alone
+    assert {k: v.text_negatives for k, v in stages.items() if k != "be"} == {"pretrain": "swap", "ce": "swap",
+                                                                             "joint": "swap,replace"}
     off = stage_options(RecipeOptions(work=str(tmp_path), image_negatives="none"), tmp_path / "data", tmp_path)
     assert {v.image_negatives for v in off.values()} == {"none"}
     log = {"options": {"mode": "ce", "model": str(tmp_path / "pretrain"), "lr": 1e-3, "itm_negatives": "random",
                        "text_negatives": "swap", "image_negatives": "flip"}, "step": 3000, "seconds": 600}
     assert "image negatives flip" in stage_line("ce", log)
+
+
+def test_a_recipe_stage_trained_with_other_settings_is_trained_again(tmp_path, monkeypatch):
+    """Running the recipe again reuses a finished stage only when it was trained with the same settings."""
+    from dataclasses import asdict
+
+    from picsift.engine.training import recipe
+    from picsift.engine.training.train import TrainOptions
+
+    started = []
+
+    class FakeTrainer:
+        def __init__(self, opts):
+            started.append(opts)
+
+        def run(self):
+            return iter(())
+
+    monkeypatch.setattr(recipe, "Trainer", FakeTrainer)
+    out = tmp_path / "ce"
+    (out / ".picsift-train").mkdir(parents=True)
+    opts = TrainOptions(data=str(tmp_path / "data"), out=str(out), mode="ce", steps=10, text_negatives="swap")
+    (out / "training.json").write_text(json.dumps({"options": asdict(opts), "step": 10}))
+    events = list(recipe._train(opts))
+    assert not started and "already trained" in events[0].message
+    other = TrainOptions(data=str(tmp_path / "data"), out=str(out), mode="ce", steps=10, text_negatives="swap,replace")
+    events = list(recipe._train(other))
+    assert started == [other] and "text_negatives swap -> swap,replace" in events[0].message
+    assert not other.resume and not out.exists()  # the other settings' checkpoint is gone, not mixed in
