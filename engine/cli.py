@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.commands import add_parsers
 
     add_parsers(sub, common, positive_int, non_negative_int, parse_sizes)
+    from .cluster.commands import add_parsers as add_cluster_parsers
+
+    add_cluster_parsers(sub, common, positive_int)
     return parser
 
 
@@ -897,9 +900,10 @@ def main(argv: list[str] | None = None, extra_commands: dict | None = None) -> i
     args = build_parser().parse_args(argv)
     level = logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s")
+    from .cluster.commands import COMMANDS as CLUSTER_COMMANDS
     from .training.commands import COMMANDS as TRAINING_COMMANDS
 
-    handlers = {**COMMANDS, **TRAINING_COMMANDS, **(extra_commands or {})}
+    handlers = {**COMMANDS, **TRAINING_COMMANDS, **CLUSTER_COMMANDS, **(extra_commands or {})}
     if args.command not in handlers:
         print("picsift: the desktop window is not part of this installation (the app package is missing).",
               file=sys.stderr)

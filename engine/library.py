@@ -49,6 +49,7 @@ class Library:
         self.notices: list[str] = list(self.tokens.notices) + self.text.notices
         self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
+        self._deferred: set[str] = set()  # keys whose index is rebuilt after bulk changes (`deferring_index`)
         if not self.read_only:
             for name in (self.LEGACY_INDEX_NAME, "photos.json"):  # schema 1's index file: rebuilt per model now
                 try:
@@ -275,9 +276,31 @@ class Library:
             self._notice(f"Could not save the search index ({exc.strerror or exc}); it will be rebuilt next time.")
 
     @contextmanager
+    def deferring_index(self, key: str) -> Iterator[None]:
+        """Bulk changes (a cluster job's merge of millions of photos): the index of `key` is not kept up to date
+        batch by batch, where its in-memory changes would outgrow the machine; it is rebuilt once from the
+        database (on disk past `ondisk_limit`) and saved when they are done, if any were made."""
+        self._deferred.add(key)
+        before = self.store.generation()
+        try:
+            yield
+        finally:
+            self._deferred.discard(key)
+            with self._index_lock:
+                self._indexes.pop(key, None)
+        if self.store.generation() != before and not self.read_only:
+            self.rebuild_index(key)
+
+    @contextmanager
     def changing(self, key: str | None) -> Iterator[VectorIndex | None]:
         """One batch of changes to photos and vectors: the database transaction, and the same changes made
-        to the in-memory index of `key`, which then matches the new generation (or is marked stale)."""
+        to the in-memory index of `key`, which then matches the new generation (or is marked stale). While
+        `deferring_index(key)`, the index is left alone (what is yielded takes the changes and drops them)."""
+        if key in self._deferred:
+            with self.store.batch():
+                yield _DROPPED
+                self.store.bump_generation()
+            return
         vi = self.index_for(key) if key else None
         try:
             with self.store.batch():
@@ -476,3 +499,16 @@ class Library:
     def _text_status(self) -> dict:
         read, with_words = self.text.count()
         return {"languages": self.text_languages, "read": read, "with_text": with_words}
+
+
+class _Dropped:
+    """Takes an index's changes while it is deferred, and drops them: the index is rebuilt afterwards."""
+
+    def add(self, ids, vectors) -> None:
+        pass
+
+    def remove(self, ids) -> None:
+        pass
+
+
+_DROPPED = _Dropped()

@@ -39,7 +39,7 @@ def test_ivfpq_on_200k_vectors_keeps_recall_against_exact_search(tmp_path):
     x = clustered_vectors(n, dim, seed=4, clusters=2000)
     ids = np.arange(n, dtype=np.int64)
     vi = VectorIndex.build_ondisk(tmp_path, "index-big", chunked(ids, x, 50_000), n, dim, exact_limit=1_000)
-    assert vi.kind == "ivfpq" and vi.ondisk and vi.factory.startswith("IVF") and ",PQ16x8" in vi.factory
+    assert vi.kind == "ivfpq" and vi.ondisk and vi.factory.startswith("IVF") and "_HNSW32,PQ16x8" in vi.factory
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(vi.index).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists)  # the lists are mapped from the file, not in memory
     assert vi.base.lists.stat().st_size >= n * (16 + 8)  # codes and ids of every vector are in it
@@ -155,12 +155,19 @@ def test_a_library_past_its_ondisk_limit_streams_its_index_to_disk_and_keeps_it_
         store = lib.store
         store.register_model("be", "be", "test", dim)
         store.set_active("be", None, "test", None)
-        with store.batch():
-            ids = np.array([store.save_photo(f"/photos/{i}.jpg", 1, 1, f"h{i}", 10, 10) for i in range(n)])
-            store.put_vectors("be", [(f"h{i}", x[i]) for i in range(n)])
-            store.bump_generation()
-        vi = lib.index
+        ids = []
+        with lib.deferring_index("be"):  # a cluster job's bulk merge: batches go in, the index waits
+            for start in range(0, n, 3_000):
+                with lib.changing("be") as live:
+                    got = [store.save_photo(f"/photos/{i}.jpg", 1, 1, f"h{i}", 10, 10) for i in range(start, start + 3_000)]
+                    store.put_vectors("be", [(f"h{i}", x[i]) for i in range(start, start + 3_000)])
+                    live.add(np.array(got), x[start:start + 3_000])
+                    ids += got
+                assert "be" not in lib._indexes  # nothing of the batches is held in memory
+        ids = np.array(ids)
+        vi = lib._indexes["be"]  # built once, after the merge, and saved
         assert vi.ondisk and vi.ntotal == n and vi.base.index.parent == lib.folder
+        assert lib.index_path("be").is_file() and vi.saved_generation == store.generation()
         _, got = vi.search(x[7][None], 1)
         assert got[0, 0] == ids[7]
         with lib.changing("be") as live:  # a photo removed, as an indexing run does it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 from typing import Iterator
 
 import numpy as np
@@ -21,6 +22,9 @@ from .job import ClusterOptions, RayJob, shard_lists
 from .shards import ShardRow, iter_batches, list_shards, read_shard, remove_shard
 
 SHARDS_DIR = "shards"
+# A job of more photos than this merges without keeping the search index up to date shard by shard (its
+# in-memory changes would outgrow the machine at millions); the index is rebuilt once, after the merge.
+BULK_MERGE = 50_000
 
 
 class ClusterIndexer(Indexer):
@@ -108,7 +112,8 @@ class ClusterIndexer(Indexer):
         rows = shard_lists(work, self.key, self.cluster.shard_photos)
         model = self.model
         start = time.monotonic()
-        with RayJob(self.cluster) as job:
+        bulk = len(work) > BULK_MERGE
+        with (self.library.deferring_index(self.key) if bulk else nullcontext()), RayJob(self.cluster) as job:
             cpus, gpus = job.resources()
             progress.messages.append(f"Sending {len(work):,} photo(s) in {len(rows):,} shard(s) to the Ray cluster "
                                      f"({cpus:g} CPUs, {gpus:g} GPUs); shards in {self.shards}.")
@@ -122,4 +127,9 @@ class ClusterIndexer(Indexer):
                 self._advance(progress, done["photos"], None, start)
                 yield progress.snapshot()
                 progress.messages, progress.skipped_files = [], []
+            if bulk:
+                progress.messages.append(f"Building the search index of {self.store.count_photos(self.key):,} "
+                                         "photos from the library database.")
+                yield progress.snapshot()
+                progress.messages = []
         return False

@@ -27,6 +27,9 @@ from typing import Callable, Iterable, Iterator
 import faiss
 import numpy as np
 
+QUANTIZER_EF = 128  # the HNSW graph of list centroids searches this wide (FAISS's default 16 finds the
+# wrong lists: recall@20 0.86 against 0.96 on 200k clustered vectors, at the same nprobe)
+KMEANS_ITERATIONS = 10  # of the coarse quantiser's training (FAISS's default 25 costs 2.5x for little at millions)
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # each call: (ids int64, vectors float32) chunks
 
 
@@ -68,16 +71,20 @@ def build(folder: str | os.PathLike, prefix: str, factory: str, dim: int, sample
           ids: np.ndarray, on_chunk: Callable[[int], None] | None = None) -> BaseFiles:
     """Train `factory` (an IVF factory string, inner product) on `sample`, add every chunk, merge on disk.
 
-    `ids` are all the ids the chunks hold, sorted: the exact vectors are written in their order. Chunk indexes are written to a temporary folder beside the result and removed after the merge; the result's
-    files get a fresh name (`prefix` and a random token), so an index already in use is never overwritten.
+    `ids` are all the ids the chunks hold, sorted: the exact vectors are written in their order. Chunk indexes
+    are written to a temporary folder beside the result and removed after the merge; the result's files get a
+    fresh name (`prefix` and a random token), so an index already in use is never overwritten.
     `on_chunk(n)` is told how many vectors each chunk added. Returns the files of the new build.
     """
     folder = Path(folder)
     files = BaseFiles(folder, f"{prefix}.{secrets.token_hex(4)}")
     trained = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if faiss.try_extract_index_ivf(trained) is None:
+    ivf = faiss.try_extract_index_ivf(trained)
+    if ivf is None:
         raise ValueError(f"{factory} is not an IVF index: only IVF lists can live on disk")
+    ivf.cp.niter = KMEANS_ITERATIONS
     trained.train(np.ascontiguousarray(sample, dtype=np.float32))
+    set_quantizer_ef(trained, 1)  # each vector goes to its nearest list, found as carefully as a search's
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f"{prefix}.build."))
     try:
         trained_path = tmp / "trained.faiss"
@@ -155,6 +162,13 @@ def remove_builds(folder: str | os.PathLike, prefix: str, keep: str | None = Non
             BaseFiles(folder, name).remove()
     for tmp in folder.glob(f"{prefix}.build.*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def set_quantizer_ef(index: faiss.Index, nprobe: int) -> None:
+    """Make an HNSW quantizer search wide enough for `nprobe` lists (a flat quantizer needs nothing)."""
+    q = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    if isinstance(q, faiss.IndexHNSW):
+        q.hnsw.efSearch = max(QUANTIZER_EF, 2 * nprobe)
 
 
 def open_base(files: BaseFiles) -> tuple[faiss.Index, np.ndarray]:
@@ -298,6 +312,7 @@ def search(base: faiss.Index, base_ids: np.ndarray, exact: np.ndarray, delta: De
         params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None else \
             faiss.SearchParametersIVF(nprobe=nprobe)
         delta_params = None
+    set_quantizer_ef(base, params.nprobe)
     _, cand = base.search(queries, max(n, refine * n), params=params)
     if delta.added.ntotal:
         _, more = delta.added.search(queries, min(n, int(delta.added.ntotal)), params=delta_params)
