@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -202,3 +203,75 @@ def test_an_unreachable_cluster_is_one_sentence(tmp_path, tiny_model, photo_fold
     with pytest.raises(ClusterError, match="Could not reach the Ray cluster at ray://127.0.0.1:9"):
         with RayJob(ClusterOptions(address="ray://127.0.0.1:9")):
             pass
+
+
+class _Reader:
+    """Reads no words, but is on: the indexer then decodes at the text check's size (CHECK_SIDE)."""
+
+    key = "text/none"
+
+    def read(self, image, larger=None):
+        return SimpleNamespace(text="")
+
+
+class _LocalJob:
+    """RayJob's interface, run here: the actor class itself encodes each shard, with the arguments it is sent."""
+
+    sent: dict = {}
+
+    def __init__(self, options):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def resources(self):
+        return 2.0, 0.0
+
+    def run(self, rows, model, ce_model, precision, token_format, shards, decode_size=None):
+        _LocalJob.sent = {"decode_size": decode_size}
+        enc = ShardEncoder(model, ce_model, precision, token_format, shards, device="cpu", decode_size=decode_size)
+        for row in rows:
+            out = enc.encode([FileEntry(*e) for e in json.loads(row["entries"])])
+            write_shard(shards, row["shard"], enc.model.be.key, out)
+            yield {"shard": row["shard"], "photos": len(out), "errors": 0}
+
+
+def test_the_job_decodes_photos_at_the_librarys_size_so_large_photos_get_the_same_vectors(
+        tmp_path, tiny_model_dir, tiny_model, monkeypatch):
+    """A library that reads words decodes photos at the text check's size, and the model's pixels are resized
+    from that decode: the job must decode at the same size, or a large JPEG's vector differs from the local one."""
+    from PIL import Image
+
+    from picsift.engine.cluster import indexer as cluster_indexer
+    from picsift.engine.index.ocr import CHECK_SIDE
+
+    folder = tmp_path / "large"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # detail at every scale, so that decoding at another size gives other pixels
+        small = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+        big = np.asarray(Image.fromarray(small).resize((1600, 1200), Image.NEAREST)).astype(np.int16)
+        big = np.clip(big + rng.integers(-40, 40, big.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(big).save(folder / f"{i}.jpg", quality=90)
+    local = Library(tmp_path / "local")
+    assert list(index_folders(local, tiny_model, [str(folder)], text_reader=_Reader()))[-1].phase == "done"
+    monkeypatch.setattr(cluster_indexer, "RayJob", _LocalJob)
+    results = {}
+    for name, reader in (("same", _Reader()), ("model-size", None)):
+        lib = Library(tmp_path / name)
+        ix = ClusterIndexer(lib, tiny_model, ClusterOptions(), text_reader=reader)
+        assert list(ix.run([str(folder)]))[-1].embedded == 3
+        results[name] = (by_path(lib), _LocalJob.sent["decode_size"])
+        lib.close()
+    a = by_path(local)
+    vectors, size = results["same"]
+    assert size == max(CHECK_SIDE, tiny_model.image_size)
+    assert min(float(a[p] @ vectors[p]) for p in a) >= 0.9999
+    # The check is sensitive: decoded at the model's size instead, the vectors differ
+    vectors, size = results["model-size"]
+    assert size == tiny_model.image_size and min(float(a[p] @ vectors[p]) for p in a) < 0.9999
+    local.close()

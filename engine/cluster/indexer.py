@@ -120,7 +120,7 @@ class ClusterIndexer(Indexer):
             yield progress.snapshot()
             progress.messages = []
             for done in job.run(rows, model.source, model.ce_source, model.precision, self.token_format,
-                                self.shards):
+                                self.shards, decode_size=self.decode_size()):
                 if self.cancel.cancelled:
                     return True
                 self.merge_shard(done["shard"], progress)

@@ -93,8 +93,9 @@ class RayJob:
         return float(r.get("CPU", 0)), float(r.get("GPU", 0))
 
     def run(self, rows: list[dict], model: str, ce_model: str | None, precision: str, token_format: str,
-            shards: str) -> Iterator[dict]:
-        """Encode every shard of `rows`; yields {"shard", "photos", "errors"} as each is written."""
+            shards: str, decode_size: int | None = None) -> Iterator[dict]:
+        """Encode every shard of `rows`, decoding each photo at `decode_size` (default the model's input size);
+        yields {"shard", "photos", "errors"} as each is written."""
         import ray.data
 
         from .worker import ShardEncoder
@@ -115,7 +116,7 @@ class RayJob:
         out = ds.map_batches(
             ShardEncoder, batch_size=1, batch_format="numpy", concurrency=actors,
             fn_constructor_kwargs={"model": model, "ce_model": ce_model, "precision": precision,
-                                   "token_format": token_format, "shards": shards},
+                                   "token_format": token_format, "shards": shards, "decode_size": decode_size},
             runtime_env={"env_vars": env} if env else None, **per_actor)  # Ray Data's actors: restarted,
         # their tasks retried, when a worker dies (max_restarts and max_task_retries -1 by default)
         for row in out.iter_rows():

@@ -23,7 +23,7 @@ class ShardEncoder:
     """Loads the cascade once (device: this actor's GPU when Ray gave it one, else the CPU) and encodes shards."""
 
     def __init__(self, model: str, ce_model: str | None, precision: str, token_format: str, shards: str,
-                 device: str | None = None):
+                 device: str | None = None, decode_size: int | None = None):
         from ..models import load_model
 
         if device is None:
@@ -33,6 +33,8 @@ class ShardEncoder:
         self.shards = shards
         self.separate = bool(getattr(self.model, "ce_source", None))
         self.batch_size = getattr(self.model, "image_batch_size", 8)
+        # the library's decode size (Indexer.decode_size): the same photo must give the same pixels as locally
+        self.decode_size = decode_size or self.model.image_size
 
     def __call__(self, batch: dict) -> dict:
         names, photos, errors = [], [], []
@@ -58,7 +60,7 @@ class ShardEncoder:
             try:
                 data = read_file(e.path)
                 row.hash = content_hash(data)
-                decode_for_model(prep, data, self.model, self.model.image_size, self.separate)
+                decode_for_model(prep, data, self.model, self.decode_size, self.separate)
                 row.width, row.height, row.taken = prep.width, prep.height, prep.taken
                 ready.append((row, prep))
             except Exception as exc:  # recorded with its reason, as the local indexer does

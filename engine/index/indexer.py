@@ -138,6 +138,12 @@ class Indexer:
         self._known_rows: set[str] = set()
 
     # ----- the worker-thread part ------------------------------------------
+    def decode_size(self) -> int | None:
+        """The least longer side a photo is decoded at: the model's input, or the text check's copy when words
+        are read. The model's pixels are resized from that decode, so it decides them: a cluster job decodes
+        at the same size, or its vectors would differ from this machine's."""
+        return max(self.target_size or 0, CHECK_SIDE) if self.text_reader is not None else self.target_size
+
     def _prepare(self, entry: FileEntry, known) -> _Prepared:
         prep = _Prepared(entry)
         try:
@@ -152,8 +158,7 @@ class Indexer:
                 prep.taken = taken if taken is not None else entry.mtime_ns / 1e9
                 return prep
             reader = self.text_reader
-            size = max(self.target_size or 0, CHECK_SIDE) if reader is not None else self.target_size
-            image = decode_for_model(prep, data, self.model, size, self._separate_rerankers)
+            image = decode_for_model(prep, data, self.model, self.decode_size(), self._separate_rerankers)
             if reader is not None and prep.content_hash not in self._text_read:
                 prep.text = self._read_text(reader, image, data, entry.path)
         except Exception as exc:  # a decoder bug in a library must not stop the run
