@@ -170,8 +170,8 @@ class Library:
         with self._index_lock:
             generation = self.store.generation()
             vi = self._indexes.get(key or "")
-            if vi is not None and vi.generation == generation:
-                return vi
+            if vi is not None and (vi.generation == generation or (key or "") in self._deferred):
+                return vi  # while a bulk merge defers it, searches keep the index as it was before the merge
             vi = self._load_or_rebuild(key, generation, reloading=vi is not None)
             self._indexes[key or ""] = vi
             return vi

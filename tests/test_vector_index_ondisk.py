@@ -156,14 +156,22 @@ def test_a_library_past_its_ondisk_limit_streams_its_index_to_disk_and_keeps_it_
         store.register_model("be", "be", "test", dim)
         store.set_active("be", None, "test", None)
         ids = []
+
+        def batch(start):
+            with lib.changing("be") as live:
+                got = [store.save_photo(f"/photos/{i}.jpg", 1, 1, f"h{i}", 10, 10) for i in range(start, start + 3_000)]
+                store.put_vectors("be", [(f"h{i}", x[i]) for i in range(start, start + 3_000)])
+                live.add(np.array(got), x[start:start + 3_000])
+                ids.extend(got)
+
+        batch(0)  # an ordinary batch: the index in memory follows it
+        before = lib.index
+        assert before.ntotal == 3_000 and not before.ondisk
         with lib.deferring_index("be"):  # a cluster job's bulk merge: batches go in, the index waits
-            for start in range(0, n, 3_000):
-                with lib.changing("be") as live:
-                    got = [store.save_photo(f"/photos/{i}.jpg", 1, 1, f"h{i}", 10, 10) for i in range(start, start + 3_000)]
-                    store.put_vectors("be", [(f"h{i}", x[i]) for i in range(start, start + 3_000)])
-                    live.add(np.array(got), x[start:start + 3_000])
-                    ids += got
-                assert "be" not in lib._indexes  # nothing of the batches is held in memory
+            for start in range(3_000, n, 3_000):
+                batch(start)
+                # searches meanwhile get the index as it was, neither rebuilt nor changed at each batch
+                assert lib.index is before and before.ntotal == 3_000
         ids = np.array(ids)
         vi = lib._indexes["be"]  # built once, after the merge, and saved
         assert vi.ondisk and vi.ntotal == n and vi.base.index.parent == lib.folder
