@@ -35,26 +35,19 @@ Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # each call: (id
 
 @dataclass
 class BaseFiles:
-    """One build's files in `folder`: the index header, its lists and its ids (sorted, for membership)."""
+    """One build's files in `folder`: the index header, its lists, its ids (sorted, for membership) and its
+    exact vectors."""
 
     folder: Path
     name: str
 
-    @property
-    def index(self) -> Path:
-        return self.folder / f"{self.name}.faiss"
+    def _file(self, suffix: str) -> Path:
+        return self.folder / f"{self.name}{suffix}"
 
-    @property
-    def lists(self) -> Path:
-        return self.folder / f"{self.name}.ivfdata"
-
-    @property
-    def ids(self) -> Path:
-        return self.folder / f"{self.name}.ids.npy"
-
-    @property
-    def vectors(self) -> Path:
-        return self.folder / f"{self.name}.f16"
+    index = property(lambda self: self._file(".faiss"))
+    lists = property(lambda self: self._file(".ivfdata"))
+    ids = property(lambda self: self._file(".ids.npy"))
+    vectors = property(lambda self: self._file(".f16"))  # float16, one row per sorted id
 
     def paths(self) -> list[Path]:
         return [self.index, self.lists, self.ids, self.vectors]

@@ -31,7 +31,6 @@ EXACT_LIMIT = 50_000
 ONDISK_LIMIT = 1_000_000  # above: product-quantised lists on disk, memory-mapped, built chunk by chunk
 ONDISK_MIN = 10_000  # fewer vectors cannot train 8-bit codes well (256 centroids a sub-quantiser): never on disk
 DELTA_SHARE = 0.1  # an on-disk index is rebuilt when the changes since its build pass this share of it
-BUILD_CHUNK = 200_000
 PQ_PROBE_MAX = 256  # the widest probe a product-quantised index's calibration tries
 PQ_SHARE = 0.98  # ... and the share of the recall it reaches there that the calibrated nprobe must reach
 REFINE = 8  # a product-quantised index's search re-scores REFINE x n candidates with the exact vectors
@@ -95,8 +94,9 @@ class VectorIndex:
               calibration_queries: np.ndarray | None = None) -> "VectorIndex":
         """Index `vectors` (n x dim, L2-normalised) under `ids` (SQLite row ids), in memory.
 
-        Up to `exact_limit` vectors: exact search. Above: IVF, with nprobe the smallest whose recall@20 against exact search reaches `recall_target` (with a margin
-        for the sampling error) on calibration queries. Pass `calibration_queries` (m x dim, for example
+        Up to `exact_limit` vectors: exact search. Above: IVF, with nprobe the smallest whose recall@20
+        against exact search reaches `recall_target` (with a margin for the sampling error) on calibration
+        queries. Pass `calibration_queries` (m x dim, for example
         the model's text embeddings of a caption collection) to calibrate on real text queries; without
         them, queries are synthesised from the library with `modality_gap_queries`. At most
         CALIBRATION_QUERIES of them are used.
